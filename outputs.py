@@ -15,6 +15,10 @@ import tempfile
 from pathlib import Path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # the only way to read the umask is to set it; put it straight back
+
+
 class UserError(Exception):
     """A mistake the user can fix. The message names the problem and the fix, in one line."""
 
@@ -30,6 +34,7 @@ def atomic_write(path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the result the usual permissions
     try:
         write(tmp)
         os.replace(tmp, path)
