@@ -1,0 +1,146 @@
+"""Part 2's script end to end, on tiny data: outputs, resume, determinism, Ctrl-C, bad input."""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import part2_diffusion
+
+ROOT = Path(__file__).resolve().parents[1]
+# A few steps of the real "cpu" model on 48 tiny images with T = 20: seconds, yet every line runs.
+TINY = ["--dataset", "mnist", "--T", "20", "--batch-size", "8", "--n", "4", "--ckpt-every", "2"]
+
+
+def write_idx(path, array, magic):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """48 training and 16 test 'digits' in the real IDX format: random strokes are enough here."""
+    d = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 48), ("t10k", 16)]:
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 2051)
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n), 2049)
+    return d
+
+
+def run(argv, mnist_dir, runs):
+    part2_diffusion.main(TINY + ["--data-dir", str(mnist_dir), "--runs", str(runs)] + argv)
+
+
+def weights(run_dir):
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
+    return ckpt
+
+
+def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path):
+    run(["--steps", "3", "--name", "tiny"], mnist_dir, tmp_path)
+    out = tmp_path / "tiny"
+    for name in ["checkpoint.pt", "samples.png", "samples.npy", "trajectory.png", "forward.png", "loss.png",
+                 "config.json", "summary.json"]:
+        assert (out / name).is_file(), name
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (4, 1, 28, 28) and samples.dtype == np.float32
+    assert samples.min() >= -1 and samples.max() <= 1  # the predicted x_0 is clipped at every step
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["n"] == 4 and summary["dataset"] == "mnist"
+    assert not list(out.glob(".*tmp*")), "a temporary file was left behind"
+
+
+def test_resume_gives_the_same_weights_as_one_long_run(mnist_dir, tmp_path):
+    run(["--steps", "4", "--name", "long"], mnist_dir, tmp_path)
+    run(["--steps", "2", "--name", "split"], mnist_dir, tmp_path)
+    run(["--steps", "4", "--resume", str(tmp_path / "split")], mnist_dir, tmp_path)
+    long, split = weights(tmp_path / "long"), weights(tmp_path / "split")
+    assert split["step"] == long["step"] == 4
+    for key in ["model", "ema"]:
+        for name, value in long[key].items():
+            assert torch.equal(value, split[key][name]), f"{key}.{name} differs after resume"
+    assert long["history"] == split["history"]
+
+
+def test_sampling_is_deterministic_per_seed(mnist_dir, tmp_path):
+    run(["--steps", "2", "--name", "s"], mnist_dir, tmp_path)
+    draws = {}
+    for seed in ["1", "1", "2"]:
+        run(["--sample-from", str(tmp_path / "s"), "--sampler", "ddim", "--sampling-steps", "5",
+             "--seed", seed], mnist_dir, tmp_path)
+        draws.setdefault(seed, []).append(np.load(tmp_path / "s" / "samples" / f"ddim5-n4-seed{seed}" / "samples.npy"))
+    assert np.array_equal(draws["1"][0], draws["1"][1])
+    assert not np.allclose(draws["1"][0], draws["2"][0])
+
+
+def test_a_conditional_model_draws_the_labels_it_is_asked_for(mnist_dir, tmp_path):
+    run(["--steps", "2", "--name", "c", "--conditional"], mnist_dir, tmp_path)
+    run(["--sample-from", str(tmp_path / "c"), "--labels", "3", "7", "--guidance", "2", "--sampler", "ddim",
+         "--sampling-steps", "4"], mnist_dir, tmp_path)
+    assert (tmp_path / "c" / "samples" / "ddim4-n4-seed0" / "samples.png").is_file()
+
+
+def cli(*argv, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "part2_diffusion.py"), *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, MPLBACKEND="Agg"))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--n", "0"], "--n must be at least 1"),
+    (["--sampler", "ddim", "--sampling-steps", "30"], "exceeds T"),
+    (["--guidance", "3", "--steps", "1"], "--conditional"),
+    (["--resume", "nowhere"], "no checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, words, mnist_dir, tmp_path):
+    r = cli(*TINY, "--data-dir", str(mnist_dir), *argv, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_named_dataset_that_is_missing_stops_before_training(tmp_path, monkeypatch):
+    monkeypatch.setitem(data.MIRRORS, "mnist", ())  # offline: no mirror to try
+    with pytest.raises(SystemExit) as e:
+        part2_diffusion.run_main(lambda: part2_diffusion.main(["--dataset", "mnist", "--data-dir", str(tmp_path)]))
+    assert e.value.code == 2
+
+
+def test_a_corrupt_checkpoint_and_an_existing_run_are_refused(mnist_dir, tmp_path):
+    (tmp_path / "runs" / "bad").mkdir(parents=True)
+    (tmp_path / "runs" / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    r = cli("--sample-from", "runs/bad", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot read checkpoint" in r.stderr
+    r = cli(*TINY, "--data-dir", str(mnist_dir), "--name", "bad", cwd=tmp_path)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_an_unwritable_run_folder_is_refused_before_training(mnist_dir, tmp_path):
+    (tmp_path / "runs").write_text("a file where the runs folder should be")
+    r = cli(*TINY, "--data-dir", str(mnist_dir), cwd=tmp_path)
+    assert r.returncode == 2 and "cannot write" in r.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(mnist_dir, tmp_path):
+    p = subprocess.Popen([sys.executable, str(ROOT / "part2_diffusion.py"), *TINY, "--data-dir", str(mnist_dir),
+                          "--steps", "100000", "--ckpt-every", "100000", "--name", "c"],
+                         cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=dict(os.environ, MPLBACKEND="Agg"))
+    deadline = time.time() + 60
+    while not (tmp_path / "runs" / "c" / "forward.png").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few training steps
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "interrupted" in err
+    ckpt = weights(tmp_path / "runs" / "c")
+    assert 0 < ckpt["step"] < 100000
