@@ -39,6 +39,10 @@ def make_betas(name: str, T: int) -> torch.Tensor:
     """
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be an integer >= 1; got T = {T!r}")
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    # BEGIN EXERCISE 3: the three schedules of the docstring, as float64 tensors of shape (T,)
+    # HINT: torch.linspace(a, b, T, dtype=torch.float64); cosine: beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}
     if name in ("linear", "quadratic"):
         scale = 1000 / T
         lo, hi = scale * 1e-4, scale * 0.02
@@ -46,14 +50,13 @@ def make_betas(name: str, T: int) -> torch.Tensor:
             betas = torch.linspace(lo, hi, T, dtype=torch.float64)
         else:
             betas = torch.linspace(math.sqrt(lo), math.sqrt(hi), T, dtype=torch.float64) ** 2
-    elif name == "cosine":
+    else:  # cosine
         s = 0.008
         f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
         alpha_bar = f / f[0]
         # alpha_bar_t = prod_{i <= t} (1 - beta_i), so beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}
         betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
-    else:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    # END EXERCISE
     return betas.clamp(max=MAX_BETA)
 
 
@@ -118,14 +121,20 @@ class Schedule:
     def q_sample(self, x0, t, noise):
         """x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), Eq. 4, written as Eq. 9's
         x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. x0, noise: (B, ...); t: long (B,)."""
+        # BEGIN EXERCISE 4: the forward process q(x_t | x_0)
+        # HINT: Eq. 9; self._at(table, t, x0) is table[t], shaped to broadcast against x0
         return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0
                 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        # END EXERCISE
 
     def q_posterior(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I), Eqs. 6-7. Returns (mean (B, ...),
         variance (B, 1, ..., 1), log_variance (B, 1, ..., 1), clipped as in posterior_log_variance_clipped)."""
+        # BEGIN EXERCISE 5: the posterior q(x_{t-1} | x_t, x_0)
+        # HINT: Eq. 7, with the posterior_* tables; self._at(table, t, x_t) is table[t], shaped like x_t
         mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, self._at(self.posterior_variance, t, x_t), self._at(self.posterior_log_variance_clipped, t, x_t)
+        # END EXERCISE
 
     def predict_x0_from_eps(self, x_t, t, eps):
         """x_0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): Eq. 15, i.e. Eq. 9 solved for x_0."""
@@ -146,6 +155,8 @@ class Schedule:
         """
         if variance not in ("beta", "beta_tilde"):
             raise ValueError(f"variance must be 'beta' or 'beta_tilde'; got {variance!r}")
+        # BEGIN EXERCISE 6: one step of DDPM sampling, Algorithm 2
+        # HINT: x_0_hat by Eq. 15 (clamped if clip_x0), mean by q_posterior, + sigma_t z (z from generator) if t > 0
         x0 = self.predict_x0_from_eps(x_t, t, model(x_t, t))
         if clip_x0:
             # Not in Algorithm 2 (the authors' released code does it). At large t, Eq. 15 divides by a tiny
@@ -158,6 +169,7 @@ class Schedule:
         z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
         not_last = (t > 0).view(-1, *[1] * (x_t.dim() - 1))  # Algorithm 2: z = 0 at the last step (paper t = 1)
         return mean + not_last * var.sqrt() * z, x0
+        # END EXERCISE
 
     @torch.no_grad()
     def p_sample_loop(self, model, shape, *, generator=None, device="cpu", dtype=torch.float32,
@@ -215,6 +227,8 @@ class Schedule:
         if bad.any():
             i = int(bad.nonzero()[0])
             raise ValueError(f"t_prev must lie in [-1, t - 1]; got t_prev = {int(t_prev[i])} for t = {int(t[i])}")
+        # BEGIN EXERCISE 7: one DDIM step, Song et al. 2021
+        # HINT: x_0_hat by Eq. 15 (if clip_x0: clamp it, rederive eps from it), then Eqs. 16 and 12
         eps = model(x_t, t)
         x0 = self.predict_x0_from_eps(x_t, t, eps)
         alpha_bar = self._at(self.alphas_cumprod, t, x_t)
@@ -230,6 +244,7 @@ class Schedule:
             z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
             x_prev = x_prev + var.sqrt() * z
         return x_prev, x0
+        # END EXERCISE
 
     @torch.no_grad()
     def ddim_sample_loop(self, model, shape, steps=50, eta=0.0, *, generator=None, device="cpu",

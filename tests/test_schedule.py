@@ -3,6 +3,9 @@
 Statistical checks derive their tolerance from the sample size: a sample mean of N draws with standard
 deviation sd is off by sd / sqrt(N) on average, a sample std by sd / sqrt(2 (N - 1)); we allow Z of those,
 with Z chosen so that a correct implementation fails one comparison with probability 1e-6.
+
+@pytest.mark.exN grades a test as part of exercise N of the student edition (make_assignment.py); its
+`depends` lists the other exercises whose code the test also runs. Unmarked tests check code students are given.
 """
 import math
 from statistics import NormalDist
@@ -38,6 +41,7 @@ def close(actual, expected, rtol=1e-7, atol=1e-7):
 
 # --- the schedules and their tables ---------------------------------------------------------------------
 
+@pytest.mark.ex3
 @FAST
 @given(name=schedules, T=st.integers(1, 2000))
 def test_tables_are_valid_for_any_T(name, T):
@@ -64,22 +68,29 @@ def test_tables_are_valid_for_any_T(name, T):
     close(s.snr, ab / (1 - ab), rtol=1e-14, atol=0)
 
 
+@pytest.mark.ex5(depends=[3])
 @FAST
 @given(name=schedules, T=st.integers(1, 2000))
 def test_posterior_is_bayes_rule(name, T):
     """q(x_{t-1}, x_t | x_0) is one Gaussian, reachable two ways: forwards, q(x_{t-1} | x_0) then
     x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) noise; or backwards, q(x_t | x_0) then the posterior
     N(coef1 x_0 + coef2 x_t, beta_tilde). The posterior is right iff both give the same mean, variance and
-    covariance; with a = alpha_bar_t, p = alpha_bar_{t-1}, these are the three identities below."""
-    s = Schedule(name, T)
-    a, p, c1, c2 = s.alphas_cumprod, s.alphas_cumprod_prev, s.posterior_mean_coef1, s.posterior_mean_coef2
+    covariance; with a = alpha_bar_t, p = alpha_bar_{t-1}, these are the three identities below.
+    The posterior mean is linear in (x_0, x_t), so q_posterior at unit inputs reads off coef1 and coef2."""
+    s, t = Schedule(name, T), torch.arange(T)
+    one, zero = torch.ones(T, 1, dtype=torch.float64), torch.zeros(T, 1, dtype=torch.float64)
+    c1, var, log_var = (v.flatten() for v in s.q_posterior(one, zero, t))
+    c2 = s.q_posterior(zero, one, t)[0].flatten()
+    a, p = s.alphas_cumprod, s.alphas_cumprod_prev
     # float64 rounding, amplified up to 1 / beta_1 times where 1 - alpha_bar_1 = 1 - (1 - beta_1) cancels
     tol = dict(rtol=0, atol=16 * torch.finfo(torch.float64).eps / s.betas.min().item())
     close(c1 + c2 * a.sqrt(), p.sqrt(), **tol)                           # E[x_{t-1} | x_0]
-    close(c2 ** 2 * (1 - a) + s.posterior_variance, 1 - p, **tol)        # Var[x_{t-1} | x_0]
+    close(c2 ** 2 * (1 - a) + var, 1 - p, **tol)                         # Var[x_{t-1} | x_0]
     close(c2 * (1 - a), s.alphas.sqrt() * (1 - p), **tol)                # Cov[x_{t-1}, x_t | x_0]
+    close(log_var, s.posterior_log_variance_clipped, rtol=0, atol=0)
 
 
+@pytest.mark.ex3
 def test_schedule_definitions():
     """The constants of the papers, and improved-diffusion's 1000 / T scaling of the linear ends."""
     b = make_betas("linear", 1000)
@@ -108,6 +119,7 @@ def test_from_betas_matches_named_schedule():
 
 # --- the forward process --------------------------------------------------------------------------------
 
+@pytest.mark.ex4(depends=[3])
 @settings(max_examples=15, deadline=None)
 @given(name=schedules, pairs=st.lists(st.tuples(st.integers(0, 999), st.floats(-1, 1)), min_size=1, max_size=4),
        seed=st.integers(0, 2 ** 31))
@@ -124,6 +136,7 @@ def test_q_sample_statistics(name, pairs, seed):
     assert ((x_t.var(1) - var).abs() <= Z * var * math.sqrt(2 / (N - 1))).all()
 
 
+@pytest.mark.ex4(depends=[3])
 @FAST
 @given(name=schedules, T=st.integers(1, 2000), seed=st.integers(0, 2 ** 31))
 def test_predict_x0_inverts_q_sample(name, T, seed):
@@ -146,6 +159,7 @@ def toy_model(x, t):
     return torch.sin(3 * x) + 0.001 * t.view(-1, *[1] * (x.dim() - 1))
 
 
+@pytest.mark.ex6(depends=[3, 5])
 @FAST
 @given(name=schedules, T=st.integers(1, 300), variance=st.sampled_from(["beta", "beta_tilde"]),
        seed=st.integers(0, 2 ** 31))
@@ -164,6 +178,7 @@ def test_ddpm_step_two_routes_agree(name, T, variance, seed):
     close(x_prev, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.ex6(depends=[3, 5])
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
 def test_last_ddpm_step_adds_no_noise(variance):
     s = Schedule("linear", 50)
@@ -174,6 +189,7 @@ def test_last_ddpm_step_adds_no_noise(variance):
     close(out[0][0], out[0][1], rtol=1e-12, atol=1e-12)  # x_0 = x_0_hat from x_1
 
 
+@pytest.mark.ex7(depends=[3, 5, 6])
 @pytest.mark.parametrize("clip_x0", [False, True])
 def test_ddim_eta1_over_consecutive_steps_is_ddpm_beta_tilde(clip_x0):
     """With eta = 1 and steps = T, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the posterior
@@ -187,6 +203,7 @@ def test_ddim_eta1_over_consecutive_steps_is_ddpm_beta_tilde(clip_x0):
     close(ddim, ddpm, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.ex7(depends=[3])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_last_step_returns_x0_hat(eta):
     s = Schedule("linear", 100)
@@ -267,6 +284,7 @@ def check_samples(x, m, sd):
 
 
 # Each schedule once; the two DDPM variance choices alternate so that both are covered.
+@pytest.mark.ex6(depends=[3, 5])
 @pytest.mark.parametrize("name,variance", [("linear", "beta"), ("cosine", "beta_tilde"), ("quadratic", "beta")])
 def test_ddpm_samples_gaussian_data(name, variance):
     s = Schedule(name, 1000)
@@ -279,6 +297,7 @@ def test_ddpm_samples_gaussian_data(name, variance):
     check_samples(x, m, sd)
 
 
+@pytest.mark.ex7(depends=[3])
 @pytest.mark.parametrize("name", SCHEDULES)
 @pytest.mark.parametrize("steps", [50, 10])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
@@ -330,6 +349,7 @@ def test_shape_dtype_device_pass_through(device, dtype):
         assert all(r[1].device.type == r[2].device.type == "cpu" and r[1].shape == x.shape for r in traj)
 
 
+@pytest.mark.ex6(depends=[3, 5])
 def test_model_sees_long_timesteps_in_sampling_order():
     seen = []
     s = Schedule("linear", 5)
@@ -338,6 +358,7 @@ def test_model_sees_long_timesteps_in_sampling_order():
     assert all(tt.dtype == torch.long for tt in seen)
 
 
+@pytest.mark.ex6(depends=[3, 5])
 def test_clipping_keeps_x0_hat_in_data_range():
     s = Schedule("linear", 20)
     for clip_x0 in (True, False):
@@ -347,6 +368,7 @@ def test_clipping_keeps_x0_hat_in_data_range():
         assert largest <= 1 if clip_x0 else largest > 1  # the toy model needs it
 
 
+@pytest.mark.ex6(depends=[3, 5])
 def test_trajectory_holds_x_t_and_its_x0_hat():
     s = Schedule("linear", 20)
     x, traj = s.p_sample_loop(toy_model, (4, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64,
@@ -358,7 +380,8 @@ def test_trajectory_holds_x_t_and_its_x0_hat():
     assert s.p_sample_loop(toy_model, (4, 3))[1] == []
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.ex6(depends=[3, 5])),
+                                     pytest.param("ddim", marks=pytest.mark.ex7(depends=[3]))])
 def test_same_seed_same_samples(sampler):
     s = Schedule("quadratic", 25)
 
