@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import metrics
 import plots
 from outputs import UserError, atomic_write, check_writable, run_main, save_json
 from schedule import SCHEDULES, Schedule, classifier_free_guidance
@@ -314,11 +315,17 @@ def sample(model, sched, meta, args, device):
 
 
 def evaluate(samples, meta, args):
-    """FID and friends (metrics.py), when the MNIST classifier has already been trained and cached."""
-    if meta["dataset"] != "mnist":
+    """FID and friends (metrics.py) for MNIST samples, if its classifier is already trained and cached."""
+    if meta["dataset"] != "mnist" or not (Path(args.data_dir) / metrics.CLASSIFIER_FILE).exists() \
+            or args.n <= metrics.K:
         return None
-    import metrics
-    return metrics.evaluate_if_available(samples, args.data_dir)
+    try:
+        classifier, _ = metrics.load_or_train_classifier(args.data_dir, log=lambda *_: None)
+        real_test, _ = metrics.load_mnist(args.data_dir, train=False)
+    except UserError as e:  # a damaged cache or no test set: the samples are saved; score them later
+        print(f"no metrics: {e}", file=sys.stderr)
+        return None
+    return metrics.evaluate(samples, classifier, real_test)
 
 
 def main(argv=None):
@@ -352,8 +359,12 @@ def main(argv=None):
                    metrics=evaluate(samples, meta, args))
     save_json(out / "summary.json", summary)
     print(f"sampled {args.n} images in {seconds:.1f} s; figures and samples.npy in {out}")
-    if summary["metrics"]:
-        print("  ".join(f"{k} {v}" for k, v in summary["metrics"].items()))
+    m = summary["metrics"]
+    if m:
+        print(f"FID {m['fid']:.2f} (N = {m['n']}), precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
+              f"classes present {m['classes_present']}/10, mean confidence {m['confidence']:.3f}")
+    elif meta["dataset"] == "mnist":
+        print(f"to score them: python metrics.py {out / 'samples.npy'} --data-dir {args.data_dir}")
 
 
 if __name__ == "__main__":
