@@ -203,6 +203,21 @@ def setup(args, ckpt):
     return images, labels, model, meta
 
 
+def training_loss(model, sched, x0, y=None):
+    """Algorithm 1, lines 3-5, for a batch x0 (B, C, H, W): the simplified loss L_simple (Eq. 14).
+
+    Returns the mean over the batch of ||eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t)||^2
+    (per pixel), with one t ~ Uniform({1..T}) and one eps ~ N(0, I) drawn for each image.
+    """
+    # BEGIN EXERCISE 10: the training loss of Algorithm 1
+    # HINT: t = torch.randint(0, sched.T, ...) (0-based), eps = torch.randn_like(x0), x_t by sched.q_sample, then MSE
+    t = torch.randint(0, sched.T, (len(x0),), device=x0.device)  # t ~ Uniform({1..T}), 0-based here
+    eps = torch.randn_like(x0)                                    # eps ~ N(0, I)
+    x_t = sched.q_sample(x0, t, eps)                              # Eq. 4
+    return F.mse_loss(model(x_t, t, y), eps)                      # Eq. 14
+    # END EXERCISE
+
+
 def train(args, run_dir, device, ckpt=None):
     """Algorithm 1: repeat { x_0 ~ data, t ~ Uniform, eps ~ N(0, I), step on ||eps - eps_theta(x_t, t)||^2 }.
 
@@ -239,14 +254,11 @@ def train(args, run_dir, device, ckpt=None):
     model.train()
     try:
         while step < args.steps and not interrupted and time.time() - start < 60 * args.minutes:
-            x0 = images[idx := torch.randint(0, len(images), (meta["batch_size"],), device=device)]
-            t = torch.randint(0, sched.T, (len(x0),), device=device)   # t ~ Uniform({1..T}), 0-based here
-            eps = torch.randn_like(x0)                                  # eps ~ N(0, I)
-            x_t = sched.q_sample(x0, t, eps)                            # Eq. 4
+            idx = torch.randint(0, len(images), (meta["batch_size"],), device=device)  # x_0 ~ q(x_0)
             y = None
             if meta["conditional"]:  # drop the label sometimes, so the same net learns eps(x_t, t) too
                 y = labels[idx].masked_fill(torch.rand(len(idx), device=device) < meta["p_uncond"], 10)
-            loss = F.mse_loss(model(x_t, t, y), eps)                    # Algorithm 1, line 5
+            loss = training_loss(model, sched, images[idx], y)
             if not torch.isfinite(loss):  # the weights are already bad: keep the last saved checkpoint
                 raise UserError(f"the loss became {loss.item()} at step {step + 1}; try a lower --lr "
                                 f"(the last good checkpoint is kept in {run_dir})")
