@@ -1,0 +1,146 @@
+"""Part 1: the data, the network's shapes, what a short training reaches, the non-invertible case, and bad input."""
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import part1_inversion as p1
+from outputs import run_main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The script trains on one thread (see its __main__); do the same here, then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_data_is_sin_of_uniform_x():
+    y, x = p1.make_data(2000, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape == (2000, 1) and y.dtype == torch.float64
+    assert x.abs().max() <= 1 and torch.equal(y, torch.sin(x))
+    assert abs(x.mean().item()) < 0.05 and abs(x.var().item() - 1 / 3) < 0.03  # U[-1, 1]: mean 0, variance 1/3
+    y2, x2 = p1.make_data(2000, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    _, x_pi = p1.make_data(2000, torch.Generator().manual_seed(0), x_max=math.pi)
+    assert x_pi.abs().max() <= math.pi and x_pi.abs().max() > 3  # both branches of sin are present
+
+
+@pytest.mark.parametrize("hidden, weights", [((3, 3), 22), ((8, 8), 97), ((5,), 16)])
+def test_mlp_shapes(hidden, weights):
+    for activation in ["relu", "tanh"]:
+        model = p1.make_mlp(hidden, activation)
+        assert model(torch.zeros(7, 1, dtype=torch.float64)).shape == (7, 1)
+        assert sum(p.numel() for p in model.parameters()) == weights
+
+
+def test_init_puts_every_kink_inside_the_data():
+    y, _ = p1.make_data(200, torch.Generator().manual_seed(1))
+    model = p1.make_mlp((3, 3), "relu")
+    p1.init_weights(model, y, torch.Generator().manual_seed(1))
+    for k in (0, 2):
+        with torch.no_grad():
+            pre = model[:k + 1](y)  # (n, units) pre-activations of hidden layer k
+        assert (pre.min(0).values <= 1e-12).all() and (pre.max(0).values >= -1e-12).all()
+
+
+def test_dead_unit_is_revived():
+    y, _ = p1.make_data(200, torch.Generator().manual_seed(2))
+    model = p1.make_mlp((3, 3), "relu")
+    p1.init_weights(model, y, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model[0].bias[1] = -100.0  # unit 1 of the first layer is now off for every input: dead
+    assert p1.revive_dead_units(model, y, torch.Generator().manual_seed(3)) == 1
+    with torch.no_grad():
+        out = model[:2](y)[:, 1]
+    assert out.max() > out.min()  # no longer constant
+
+
+@pytest.fixture(scope="module")
+def short_fit():
+    """A seeded training shorter than the default (2 restarts, 4 hops instead of 4 and 40)."""
+    y, x = p1.make_data(p1.N_SAMPLES, torch.Generator().manual_seed(0))
+    model, curves = p1.train(y, x, seed=0, restarts=2, hops=4)
+    return model, curves
+
+
+# The bound: this short recipe, run on seeds 0..19, had a max |error| on the held-out grid of 0.007 to 0.025
+# (median 0.016). 0.04 leaves room for rounding differences across machines, yet stays well under the 0.076 of
+# the best straight line, so a dead or collapsed net fails this test.
+@settings(max_examples=200, deadline=None)
+@given(y=st.floats(-math.sin(1.0), math.sin(1.0)))
+def test_short_training_stays_close_to_arcsin(short_fit, y):
+    model, _ = short_fit
+    with torch.no_grad():
+        prediction = model(torch.tensor([[y]], dtype=torch.float64)).item()
+    assert abs(prediction - math.asin(y)) < 0.04
+
+
+def test_training_lowers_the_loss(short_fit):
+    _, curves = short_fit
+    assert 0 < len(curves["best"]) < len(curves["loss"])  # the polish comes after the search
+    assert min(curves["loss"]) < 1e-2 * curves["loss"][0]
+    assert all(b <= a for a, b in zip(curves["best"], curves["best"][1:]))  # the best so far never gets worse
+
+
+def test_conditional_mean_matches_monte_carlo():
+    y, x = p1.make_data(400_000, torch.Generator().manual_seed(4), x_max=math.pi)
+    for y0 in [-0.8, -0.3, 0.2, 0.6]:
+        near = (y - y0).abs() < 0.01
+        assert abs(x[near].mean().item() - p1.conditional_mean(torch.tensor(y0)).item()) < 0.05
+
+
+def test_non_invertible_net_predicts_the_conditional_mean():
+    y, x = p1.make_data(p1.N_NON_INVERTIBLE, torch.Generator().manual_seed(0), x_max=math.pi)
+    model, _ = p1.train(y, x, seed=0, restarts=2, hops=4)
+    y_away = torch.linspace(0.3, 1, 300, dtype=torch.float64)[:, None]
+    y_away = torch.cat([-y_away, y_away])
+    with torch.no_grad():
+        gap = (model(y_away) - p1.conditional_mean(y_away)).abs().max().item()
+    # Seeds 0..19 of this short recipe gave gaps of 0.025 to 0.165 (median 0.10): the mean of two branches is
+    # fitted from finite data. 0.3 is twice the worst, and far below the 1.27 a net would show had it learned arcsin.
+    assert gap < 0.3
+
+
+def test_same_seed_same_result(tmp_path):
+    argv = ["--restarts", "1", "--hops", "2", "--seed", "3"]
+    first = p1.main(argv + ["--out", str(tmp_path / "a")])
+    second = p1.main(argv + ["--out", str(tmp_path / "b")])
+    assert first == second
+    for name in ["fit.png", "error.png", "loss.png", "fit.json"]:
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "a" / "fit.json").read_text())["net"] == first
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--n", "0"], "--n"),
+    (["--n", "-5"], "--n"),
+    (["--activation", "sigmoid"], "sigmoid"),
+    (["--hidden"], "--hidden"),
+    (["--hidden", "3", "0"], "--hidden"),
+    (["--experiment", "nope"], "nope"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
+    """Through run_main, exactly as `python part1_inversion.py ...` runs (a subprocess would only add seconds)."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: p1.main(argv + ["--out", str(out)]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err
+    assert not out.exists()  # rejected before anything was created
+
+
+def test_unwritable_output_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: p1.main(["--out", str(blocker / "run")]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write" in err
+    assert blocker.read_text() == "not a folder"
