@@ -148,7 +148,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(mnist_dir, tmp_path):
 
 # --- exercise 10: the training loss of Algorithm 1 ---------------------------------------------------
 
-@pytest.mark.ex10(depends=[4])
+@pytest.mark.ex10(depends=[3, 4])
 def test_training_loss_is_the_noise_prediction_error():
     """With x_0 = 0, x_t = sqrt(1 - alpha_bar_t) eps, so a model that divides that factor out knows eps
     exactly (loss 0), while a model that always says 0 scores E[eps^2] = 1 (Eq. 14)."""
@@ -163,7 +163,7 @@ def test_training_loss_is_the_noise_prediction_error():
     assert abs(part2_diffusion.training_loss(zero, sched, x0).item() - 1) < 5 * (2 / n) ** 0.5
 
 
-@pytest.mark.ex10(depends=[4])
+@pytest.mark.ex10(depends=[3, 4])
 def test_training_loss_draws_t_uniformly_and_passes_labels():
     from schedule import Schedule
     sched, seen = Schedule("linear", 10), []
