@@ -67,6 +67,10 @@ def test_presets_build_for_mnist_and_cifar_shapes(preset):
                 assert model(x, torch.tensor([0, 999]), torch.tensor([3, 10])).shape == x.shape
 
 
+def test_defaults_are_the_cpu_preset():
+    assert UNet().config == UNet(**PRESETS["cpu"]).config
+
+
 def test_zero_init_output_is_exactly_zero():
     torch.manual_seed(0)
     model = UNet(**TINY)
