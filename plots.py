@@ -45,7 +45,7 @@ def trajectory(steps, path, n_rows=4):
 
     steps: list of (t, x_t (B, C, H, W), x0_pred (B, C, H, W)) in sampling order.
     """
-    fig, axes = plt.subplots(2, len(steps), figsize=(1.6 * len(steps), 1.6 * n_rows * 2 / 2 + 1), squeeze=False)
+    fig, axes = plt.subplots(2, len(steps), figsize=(1.6 * len(steps), 1.6 * n_rows + 1), squeeze=False)
     for j, (t, x_t, x0) in enumerate(steps):
         for i, (what, x) in enumerate([("x_t", x_t), ("predicted x_0", x0)]):
             ax = axes[i, j]
