@@ -2,7 +2,7 @@
 
     python bench.py part1     # Part 1: the MSE floor of the 1-3-3-1 net, the default recipe over 20 seeds
     python bench.py unet      # the U-Net's training and inference throughput (and diffusers', if installed)
-    python bench.py train     # Part 2: training speed, sampling time, sample quality
+    python bench.py train     # Part 2: training speed, sampling time, sample quality (and diffusers')
 
 Run them on a quiet machine: other work on the same cores changes every timing.
 """
@@ -206,7 +206,9 @@ def bench_train(argv):
     Trains the default configuration in --segments equal slices of --minutes (each slice resumes the
     last, so the run is the same as one long one), and after each slice draws --n images with DDIM-50 and
     scores them with metrics.py (FID at N = --n against the 10,000 MNIST test digits). Then times 64 images
-    with DDPM-1000 and with DDIM-50. Needs MNIST and the cached classifier in --data-dir.
+    with DDPM-1000 and with DDIM-50. If diffusers is installed, its UNet2DModel + DDPMScheduler (at about our
+    parameter count) is then trained with the same recipe for the same wall-clock and measured the same way.
+    Needs MNIST and the cached classifier in --data-dir.
     """
     import json
     import tempfile
@@ -222,37 +224,108 @@ def bench_train(argv):
     p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES, help="total training time")
     p.add_argument("--segments", type=int, default=4, help="how many times to stop and measure")
     p.add_argument("--n", type=int, default=1000, help="samples per measurement (FID depends on N)")
+    p.add_argument("--peer-only", action="store_true", help="skip our model: train and measure only diffusers'")
     args = p.parse_args(argv)
-    metrics.load_or_train_classifier(args.data_dir)  # train it now, not inside the first measurement
-    runs = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    common = ["--data-dir", args.data_dir, "--runs", str(runs), "--name", "bench"]
-    print(f"torch threads: {torch.get_num_threads()}; runs in {runs}")
-    print(f"{'minutes':>8} {'steps':>6} {'steps/s':>8} {'img/s':>6} {'loss':>7} {'FID':>7} {'precision':>9} "
-          f"{'recall':>6} {'classes':>7}   (N = {args.n}, DDIM-50)")
-    seconds = 0.0
-    for k in range(args.segments):
-        resume = ["--resume", str(runs / "bench")] if k else []
-        part2_diffusion.main(common + resume + ["--minutes", f"{args.minutes / args.segments}", "--sampler",
-                                                "ddim", "--sampling-steps", "50", "--n", str(args.n)])
-        s = json.loads((runs / "bench" / "summary.json").read_text())
-        seconds += s["train_seconds"]
-        m = s["metrics"]
-        rate = s["steps"] / seconds
-        print(f"{seconds / 60:8.1f} {s['steps']:6d} {rate:8.2f} {rate * part2_diffusion.BATCH_SIZE:6.0f} "
-              f"{s['final_loss']:7.4f} {m['fid']:7.2f} {m['precision']:9.3f} {m['recall']:6.3f} "
-              f"{m['classes_present']:5d}/10", flush=True)
-    for sampler in (["ddpm"], ["ddim", "--sampling-steps", "50"]):
-        part2_diffusion.main(common[:2] + ["--sample-from", str(runs / "bench"), "--n", "64", "--sampler"] + sampler)
-        tag = "ddpm-n64-seed0" if sampler == ["ddpm"] else "ddim50-n64-seed0"
-        s = json.loads((runs / "bench" / "samples" / tag / "summary.json").read_text())
-        print(f"sampling 64 images, {tag.split('-')[0].upper()}: {s['sampling_seconds']:.1f} s")
+    classifier, _ = metrics.load_or_train_classifier(args.data_dir)  # train it now, not inside a measurement
+    print(f"torch threads: {torch.get_num_threads()} (the same for both runs, which take turns in this process)")
+    head = (f"{'minutes':>8} {'steps':>6} {'steps/s':>8} {'img/s':>6} {'loss':>7} {'FID':>7} {'precision':>9} "
+            f"{'recall':>6} {'classes':>7}   (N = {args.n}, DDIM-50)")
+
+    def row(seconds, steps, loss, m):
+        rate = steps / seconds
+        print(f"{seconds / 60:8.1f} {steps:6d} {rate:8.2f} {rate * part2_diffusion.BATCH_SIZE:6.0f} {loss:7.4f} "
+              f"{m['fid']:7.2f} {m['precision']:9.3f} {m['recall']:6.3f} {m['classes_present']:5d}/10", flush=True)
+
+    if not args.peer_only:
+        runs = Path(tempfile.mkdtemp(prefix="bench-train-"))
+        common = ["--data-dir", args.data_dir, "--runs", str(runs), "--name", "bench"]
+        print(f"ours: part2_diffusion.py defaults, run in {runs}\n{head}")
+        seconds = 0.0
+        for k in range(args.segments):
+            resume = ["--resume", str(runs / "bench")] if k else []
+            part2_diffusion.main(common + resume + ["--minutes", f"{args.minutes / args.segments}", "--sampler",
+                                                    "ddim", "--sampling-steps", "50", "--n", str(args.n)])
+            s = json.loads((runs / "bench" / "summary.json").read_text())
+            seconds += s["train_seconds"]
+            row(seconds, s["steps"], s["final_loss"], s["metrics"])
+        for sampler in (["ddpm"], ["ddim", "--sampling-steps", "50"]):
+            part2_diffusion.main(common[:2] + ["--sample-from", str(runs / "bench"), "--n", "64", "--sampler"]
+                                 + sampler)
+            tag = "ddpm-n64-seed0" if sampler == ["ddpm"] else "ddim50-n64-seed0"
+            s = json.loads((runs / "bench" / "samples" / tag / "summary.json").read_text())
+            print(f"sampling 64 images, {tag.split('-')[0].upper()}: {s['sampling_seconds']:.1f} s")
+    train_peer(args, classifier, head, row)
+
+
+def train_peer(args, classifier, head, row):
+    """The peer: diffusers' UNet2DModel + DDPMScheduler, trained the way diffusers' docs train one, with
+    part2_diffusion.py's recipe (data, batch, AdamW, warm-up, clipping, EMA, seed) and our linear schedule
+    (beta 1e-4 to 0.02 over T = 1000), for the same --minutes in the same --segments; sampled with DDIM-50
+    (diffusers' DDIMScheduler on the same timesteps as ours, eta 0, x_0 clipped) and scored like ours."""
+    import copy
+    import time
+
+    import torch
+    import torch.nn.functional as F
     try:
-        import diffusers  # noqa: F401
-        print("diffusers is installed, but the same-wall-clock peer run is not part of this benchmark yet")
+        from diffusers import DDIMScheduler, DDPMScheduler
     except ImportError:
-        print("diffusers not installed: the peer column (UNet2DModel + DDPMScheduler) is skipped")
+        print("diffusers not installed: the peer run (UNet2DModel + DDPMScheduler) is skipped")
+        return
 
+    import data
+    import metrics
+    import part2_diffusion as p2
+    from unet import PRESETS, UNet
+    images, _, _ = data.load(p2.DATASET, args.data_dir, train=True)  # (60000, 1, 28, 28) in [-1, 1]
+    real_test, _ = metrics.load_mnist(args.data_dir, train=False)
+    cfg = PRESETS[p2.PRESET]
+    ours = sum(q.numel() for q in UNet(**cfg).parameters())
+    torch.manual_seed(0)  # part2_diffusion.py's default --seed
+    model, name = diffusers_peer(cfg, ours)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=p2.LR, weight_decay=0.0)
+    ddpm = DDPMScheduler(num_train_timesteps=p2.T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    ddim = DDIMScheduler.from_config(ddpm.config, timestep_spacing="trailing")  # 999, 979, ..., 19, as ours
+    ddim.set_timesteps(50)
 
+    def sample(n):  # DDIM-50 from the EMA, in chunks of 256 from the same x_T as ours (seed 0)
+        gen, chunks, start = torch.Generator().manual_seed(0), [], time.time()
+        with torch.no_grad():
+            for i in range(0, n, 256):
+                x = torch.randn(min(256, n - i), *images.shape[1:], generator=gen)
+                for t in ddim.timesteps:  # use_clipped_model_output: eps rederived from the clipped x_0, as ours
+                    x = ddim.step(ema(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+                chunks.append(x)
+        return torch.cat(chunks), time.time() - start
+
+    print(f"peer: {name} ({sum(q.numel() for q in model.parameters()):,} parameters; ours {ours:,}) "
+          f"+ DDPMScheduler, same recipe and wall-clock\n{head}")
+    step, losses, seconds = 0, [], 0.0
+    for _ in range(args.segments):
+        model.train()
+        start = time.time()
+        while time.time() - start < 60 * args.minutes / args.segments:
+            x0 = images[torch.randint(0, len(images), (p2.BATCH_SIZE,))]
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, ddpm.config.num_train_timesteps, (len(x0),))
+            loss = F.mse_loss(model(ddpm.add_noise(x0, noise, t), t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p2.GRAD_CLIP)
+            for group in opt.param_groups:
+                group["lr"] = p2.LR * min(1.0, (step + 1) / p2.WARMUP)
+            opt.step()
+            step += 1
+            decay = min(p2.EMA_DECAY, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), model.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+            losses.append(loss.item())
+        seconds += time.time() - start
+        row(seconds, step, sum(losses[-100:]) / len(losses[-100:]),
+            metrics.evaluate(sample(args.n)[0], classifier, real_test))
+    print(f"sampling 64 images, DDIM-50: {sample(64)[1]:.1f} s")
 
 
 BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train}

@@ -21,16 +21,16 @@ modules, tests/ (with the grading plugin, tests/conftest.py), pytest.ini, requir
 grade with @pytest.mark.exN (see tests/conftest.py); students run `python -m pytest --grade`.
 
 The exercise numbers are fixed, so that adding an exercise never renumbers another:
-     1  Part 1: the 1-3-3-1 MLP                           part1_inversion.py
-     2  Part 1: one training step                         part1_inversion.py
+     1  Part 1: the 1-3-3-1 MLP                           part1_inversion.py   make_mlp
+     2  Part 1: one training step                         part1_inversion.py   fit (its closure)
      3  the beta schedules                                schedule.py   make_betas
      4  the forward process q(x_t | x_0)                  schedule.py   Schedule.q_sample
      5  the posterior q(x_{t-1} | x_t, x_0)               schedule.py   Schedule.q_posterior
      6  one DDPM sampling step (Algorithm 2)              schedule.py   Schedule.p_sample
      7  one DDIM step                                     schedule.py   Schedule.ddim_step
-     8  the timestep embedding                            unet.py
-     9  the residual block                                unet.py
-    10  the training loss (Algorithm 1)                   part2_diffusion.py
+     8  the timestep embedding                            unet.py       timestep_embedding
+     9  the residual block                                unet.py       ResBlock.forward
+    10  the training loss (Algorithm 1)                   part2_diffusion.py   training_loss
 A new exercise takes the next free number (11, ...) and a line in pytest.ini's `markers`.
 """
 import argparse

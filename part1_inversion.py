@@ -41,6 +41,8 @@ def make_data(n, generator, x_max=1.0):
 
 def make_mlp(hidden, activation):
     """Linear -> act -> ... -> Linear, widths 1 -> hidden... -> 1. Maps (n, 1) -> (n, 1)."""
+    # BEGIN EXERCISE 1: the multilayer perceptron
+    # HINT: nn.Sequential: per hidden width h, nn.Linear(width_in, h) and the activation; then nn.Linear(., 1); DTYPE
     act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
     layers, width = [], 1
     for h in hidden:
@@ -48,6 +50,7 @@ def make_mlp(hidden, activation):
         width = h
     layers.append(nn.Linear(width, 1))
     return nn.Sequential(*layers).to(DTYPE)
+    # END EXERCISE
 
 
 def place_kinks(model, k, units, y, generator):
@@ -90,12 +93,15 @@ def fit(model, y, x, losses, steps=FIT_STEPS):
     opt = torch.optim.LBFGS(model.parameters(), max_iter=steps, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-12, tolerance_change=1e-15)
 
-    def closure():
+    def closure():  # L-BFGS calls this as often as its line search needs: one training step's worth each time
+        # BEGIN EXERCISE 2: one training step's loss and gradient
+        # HINT: clear the old gradients, MSE of model(y) against x, backpropagate, record loss.item(), return the loss
         opt.zero_grad()
         loss = ((model(y) - x) ** 2).mean()
         loss.backward()
         losses.append(loss.item())
         return loss
+        # END EXERCISE
 
     opt.step(closure)
 

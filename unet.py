@@ -51,13 +51,17 @@ PRESETS = {
 def timestep_embedding(t, dim):
     """Sinusoidal embedding of the timesteps (Vaswani et al. 2017, as in DDPM's Appendix B).
 
-    t: (B,) integer or float timesteps. Returns (B, dim): [sin(t w_k), cos(t w_k)] with frequencies w_k
-    spaced geometrically from 1 down to 1/10000, so that both nearby and distant t can be told apart.
+    t: (B,) integer or float timesteps. Returns (B, dim): [sin(t w_k), cos(t w_k)] for k = 0..dim/2 - 1, with
+    frequencies w_k = 10000^(-2k / dim) spaced geometrically from 1 down towards 1/10000, so that both nearby
+    and distant t can be told apart.
     """
+    # BEGIN EXERCISE 8: the sinusoidal timestep embedding
+    # HINT: w_k = 10000 ** (-k / half) for k < half = dim // 2; angles t w_k, (B, half); cat [sin, cos] on dim 1
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angles = t.float()[:, None] * freqs[None, :]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    # END EXERCISE
 
 
 class ResBlock(nn.Module):
@@ -82,10 +86,13 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x, emb):
+        # BEGIN EXERCISE 9: the residual block
+        # HINT: the docstring's order, with __init__'s layers; + time is self.time(F.silu(emb)), one shift per channel
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.time(F.silu(emb))[:, :, None, None]          # (B, out_ch, 1, 1): same shift at every pixel
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
+        # END EXERCISE
 
 
 class Attention(nn.Module):

@@ -1,16 +1,22 @@
-"""Tests for unet.py: shapes, conditioning on t and y, gradient flow, seeding, learning, bad input.
+"""Tests for unet.py: the timestep embedding and the ResBlock alone, then the whole net: shapes, conditioning
+on t and y, gradient flow, seeding, learning, bad input.
 
 The final convolution starts at zero, so the untrained net predicts eps = 0 exactly, whatever x, t and y.
 Tests that need the output to depend on its inputs first give that layer small random weights, which is
 what a few optimiser steps would do, only without depending on the optimiser.
+
+@pytest.mark.ex8 / ex9 grade exercises 8 (the timestep embedding) and 9 (the ResBlock) of the student
+edition (make_assignment.py); a test of the whole net runs both, so it names the other in `depends`.
 """
 import json
+import math
 import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from unet import PRESETS, UNet
+from unet import PRESETS, ResBlock, UNet, timestep_embedding
 
 # Small enough to be quick, large enough to have every part: 3 levels (16 -> 8 -> 4), 2 ResBlocks each,
 # attention at the lowest level.
@@ -44,6 +50,107 @@ def make(**overrides):
     return unzero_output(UNet(**dict(TINY, **overrides))).eval()
 
 
+# --- exercise 8: the timestep embedding ---------------------------------------------------------------
+
+@pytest.mark.ex8
+@pytest.mark.parametrize("dim", [8, 16, 64])
+def test_embedding_at_t0_is_sin_0_then_cos_1(dim):
+    emb = timestep_embedding(torch.zeros(3, dtype=torch.long), dim)
+    assert emb.shape == (3, dim) and emb.dtype == torch.float32
+    assert torch.all(emb[:, :dim // 2] == 0) and torch.all(emb[:, dim // 2:] == 1)
+
+
+@pytest.mark.ex8
+def test_embedding_frequencies_fall_geometrically_from_1():
+    dim, half = 16, 8
+    w = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)         # the docstring's w_k
+    emb = timestep_embedding(torch.tensor([1]), dim)[0].double()
+    # at t = 1 the angles are the frequencies themselves, all in (0, 1], so atan2 recovers them
+    assert torch.allclose(torch.atan2(emb[:half], emb[half:]), w, rtol=1e-5)
+    t = torch.tensor([0.5, 1.0, 37.0, 999.0])                                  # float timesteps work too
+    angles = t.double()[:, None] * w
+    # float32 angles up to 999 are off by ~1e-4 at most
+    assert torch.allclose(timestep_embedding(t, dim).double(), torch.cat([angles.sin(), angles.cos()], 1), atol=1e-3)
+
+
+@pytest.mark.ex8
+@pytest.mark.parametrize("dim", [8, 16])
+def test_embedding_tells_every_timestep_apart(dim):
+    emb = timestep_embedding(torch.arange(1000), dim).double()
+    distance = torch.cdist(emb, emb).fill_diagonal_(math.inf)
+    assert distance.min() > 0.1, distance.min()   # each (sin, cos) pair lies on the unit circle: O(1) apart
+
+
+# --- exercise 9: the residual block -------------------------------------------------------------------
+
+def random_block(in_ch, out_ch, emb_dim=12, dropout=0.0, seed=0):
+    """A ResBlock with every parameter random, so that a layer left out or swapped changes the result."""
+    torch.manual_seed(seed)
+    block = ResBlock(in_ch, out_ch, emb_dim, dropout, groups=4).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(0.3 * torch.randn(p.shape))
+    return block
+
+
+@pytest.mark.ex9
+@pytest.mark.parametrize("in_ch, out_ch", [(8, 8), (8, 16), (16, 8)])
+def test_resblock_maps_in_channels_to_out_channels(in_ch, out_ch):
+    x, emb = torch.randn(2, in_ch, 6, 4), torch.randn(2, 12)
+    with torch.no_grad():
+        assert random_block(in_ch, out_ch)(x, emb).shape == (2, out_ch, 6, 4)
+
+
+@pytest.mark.ex9
+@pytest.mark.parametrize("in_ch, out_ch", [(8, 8), (8, 16)])
+def test_resblock_is_its_skip_path_when_the_last_conv_is_zero(in_ch, out_ch):
+    block = random_block(in_ch, out_ch)
+    with torch.no_grad():
+        block.conv2.weight.zero_()
+        block.conv2.bias.zero_()
+        x = torch.randn(2, in_ch, 5, 5)
+        out = block(x, torch.randn(2, 12))
+    if in_ch == out_ch:
+        assert torch.equal(out, x)                                            # the identity, exactly
+    else:
+        assert torch.allclose(out, F.conv2d(x, block.skip.weight, block.skip.bias), atol=1e-6)   # the 1x1 conv
+
+
+@pytest.mark.ex9
+def test_resblock_output_depends_on_the_embedding_through_its_time_layer():
+    block = random_block(8, 16)
+    x = torch.randn(1, 8, 5, 5).expand(2, -1, -1, -1)                         # one image, two embeddings
+    emb = torch.randn(2, 12)
+    with torch.no_grad():
+        out = block(x, emb)
+        assert not torch.allclose(out[0], out[1], atol=1e-4)
+        block.time.weight.zero_()
+        block.time.bias.zero_()
+        out = block(x, emb)
+    assert torch.allclose(out[0], out[1], atol=1e-6)
+
+
+@pytest.mark.ex9
+def test_resblock_follows_its_docstring_layer_by_layer():
+    block = random_block(8, 16, dropout=0.5)
+    x, emb = torch.randn(3, 8, 5, 5), torch.randn(3, 12)
+
+    def conv_after_norm(h, norm, conv):                                       # GroupNorm, SiLU, 3x3 conv
+        return F.conv2d(F.silu(F.group_norm(h, norm.num_groups, norm.weight, norm.bias)), conv.weight, conv.bias,
+                        padding=1)
+    with torch.no_grad():
+        h = conv_after_norm(x, block.norm1, block.conv1)
+        h = h + F.linear(F.silu(emb), block.time.weight, block.time.bias)[:, :, None, None]
+        expected = F.conv2d(x, block.skip.weight, block.skip.bias) + conv_after_norm(h, block.norm2, block.conv2)
+        assert torch.allclose(block(x, emb), expected, atol=1e-5)             # eval mode: dropout is off
+        block.train()
+        assert not torch.allclose(block(x, emb), block(x, emb))               # train mode: dropout is on
+
+
+# --- the whole network --------------------------------------------------------------------------------
+
+
+@pytest.mark.ex9(depends=[8])
 @pytest.mark.parametrize("size, channels", [(28, 1), (32, 3)])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_output_shape_equals_input_shape(size, channels, batch):
@@ -78,6 +185,7 @@ def test_zero_init_output_is_exactly_zero():
         assert torch.all(model(torch.randn(2, 1, 16, 16), torch.tensor([5, 500])) == 0)
 
 
+@pytest.mark.ex8(depends=[9])
 def test_different_t_gives_different_output():
     model = make()
     x = torch.randn(1, 1, 16, 16).expand(4, -1, -1, -1)   # one image, four timesteps
@@ -103,6 +211,7 @@ def test_labels_change_output_and_null_label_is_the_default():
     assert torch.allclose(eps_null, eps[10:].expand(11, -1, -1, -1), atol=1e-6)
 
 
+@pytest.mark.ex9(depends=[8])
 def test_gradients_reach_every_parameter():
     model = make(num_classes=10, dropout=0.1).train()
     x = torch.randn(4, 1, 16, 16)
