@@ -7,6 +7,8 @@
 Run them on a quiet machine: other work on the same cores changes every timing.
 """
 import argparse
+
+from outputs import run_main
 import sys
 
 
@@ -334,9 +336,10 @@ BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train}
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=sorted(BENCHES), help="which benchmark to run")
-    args, rest = parser.parse_known_args()
-    BENCHES[args.which](rest)
+    parser.add_argument("flags", nargs=argparse.REMAINDER, help="its own flags: see `python bench.py NAME --help`")
+    args = parser.parse_args()
+    BENCHES[args.which](args.flags)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -60,15 +60,16 @@ def save_figure(fig, path, dpi=120):
     plt.close(fig)
 
 
-def check_writable(folder):
-    """Create `folder` if needed and prove we can write there, before any long computation starts."""
+def check_writable(folder, flag="--out"):
+    """Create `folder` if needed and prove we can write there, before any long computation starts.
+    `flag` is the command-line option that chooses the folder, named in the error."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to output folder {folder} ({e.strerror}); choose another with --out")
+        raise UserError(f"cannot write to output folder {folder} ({e.strerror}); choose another with {flag}")
     return folder
 
 

@@ -145,7 +145,7 @@ def run_folder(args):
         name = args.name
         if (runs / name).exists() and any((runs / name).iterdir()) and not args.overwrite:
             raise UserError(f"{runs / name} already holds a run; pass --overwrite or choose another --name")
-    return check_writable(runs / name)
+    return check_writable(runs / name, "--runs")
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
@@ -352,11 +352,11 @@ def main(argv=None):
         model = build_model(meta["model_config"], ckpt["ema"], args.sample_from).to(device).eval()
         sched = Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
         tag = f"{args.sampler}{args.sampling_steps if args.sampler == 'ddim' else ''}-n{args.n}-seed{args.seed}"
-        out = check_writable(Path(args.sample_from) / "samples" / tag)
+        out = check_writable(Path(args.sample_from) / "samples" / tag, "--sample-from")
     else:
         ckpt = load_checkpoint(args.resume) if args.resume else None
         check_conditioning(args, ckpt["meta"]["conditional"] if ckpt else args.conditional)
-        out = check_writable(args.resume) if args.resume else run_folder(args)
+        out = check_writable(args.resume, "--resume") if args.resume else run_folder(args)
         print(f"run folder: {out}", file=sys.stderr)
         model, sched, meta, history, trained = train(args, out, device, ckpt)
         plots.loss_curve(history, out / "loss.png")
