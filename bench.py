@@ -346,7 +346,7 @@ BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train}
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=sorted(BENCHES), help="which benchmark to run")
-    parser.add_argument("flags", nargs=argparse.REMAINDER, help="its own flags: see `python bench.py NAME --help`")
+    parser.add_argument("flags", nargs=argparse.REMAINDER, help="its flags: `python bench.py NAME --help`")
     args = parser.parse_args()
     BENCHES[args.which](args.flags)
 

@@ -375,7 +375,7 @@ EXPERIMENTS = {"schedules": schedules_experiment, "gan": gan_experiment}
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=sorted(EXPERIMENTS), help="which experiment to run")
-    parser.add_argument("flags", nargs=argparse.REMAINDER, help="its own flags: see `python experiments.py NAME --help`")
+    parser.add_argument("flags", nargs=argparse.REMAINDER, help="its flags: `python experiments.py NAME --help`")
     args = parser.parse_args()
     EXPERIMENTS[args.which](args.flags)
 
