@@ -222,6 +222,7 @@ def gan_experiment(argv):
     import json
     import sys
     import tempfile
+    import inspect
     from pathlib import Path
 
     import numpy as np
@@ -232,7 +233,7 @@ def gan_experiment(argv):
     import part2_diffusion
     from outputs import UserError, check_writable, save_json
 
-    p = argparse.ArgumentParser(prog="experiments.py gan", description=gan_experiment.__doc__,
+    p = argparse.ArgumentParser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES,
                    help=f"training minutes of every run, DDPM and DCGAN (default {part2_diffusion.MINUTES})")
