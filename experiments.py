@@ -218,11 +218,11 @@ def gan_experiment(argv):
     DDIM-50 and 3 of DDPM-1000 sampling: about 50 minutes. A quick look: --minutes 1 --n 500.
     """
     import contextlib
+    import inspect
     import io
     import json
     import sys
     import tempfile
-    import inspect
     from pathlib import Path
 
     import numpy as np
