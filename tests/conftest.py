@@ -15,11 +15,15 @@ raises its NotImplementedError earns nothing either, but the table puts the blam
 Without --grade or --grade-json the plugin prints nothing: the reference suite's output stays as it was,
 a page of full marks on every run would hide what matters there. It still checks the markers: a test that
 grades two exercises, or a malformed `depends`, stops the run.
+
+At the end: `mnist_dir`, the tiny fake MNIST that the scripts' end-to-end tests share.
 """
+import gzip
 import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from outputs import UserError, check_writable, save_json
@@ -161,3 +165,24 @@ class Grader:
                 tests={k: t for k, t in self.tests.items() if t["exercise"] is not None},
                 ungraded=self.ungraded(), collection_errors=self.collection_errors,
                 exit_status=int(exitstatus)))
+
+
+# --- shared test data ------------------------------------------------------------------------------------
+
+def write_idx(path, array, magic):
+    """`array` as a gzipped IDX file, MNIST's format: magic number, sizes, then the bytes."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """48 training and 16 test 'digits' in the real IDX format: random strokes are enough for the scripts'
+    end-to-end tests (a classifier trained on them scores every figure, if meaninglessly)."""
+    d = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 48), ("t10k", 16)]:
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 2051)
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n), 2049)
+    return d

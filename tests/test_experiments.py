@@ -1,5 +1,4 @@
 """experiments.py end to end on tiny fake MNIST: the rows, the JSON, the figure, a stopped run, bad input."""
-import gzip
 import json
 import math
 
@@ -11,24 +10,6 @@ import part2_diffusion
 import plots
 from outputs import UserError
 from schedule import Schedule
-
-
-def write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    """48 training and 16 test 'digits' in the real IDX format. The experiment trains metrics.py's classifier
-    on them (3 epochs of 48 images: instant), so every figure is computed, if meaningless on random strokes."""
-    d = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 48), ("t10k", 16)]:
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 2051)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n), 2049)
-    return d
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """gan_baseline.py end to end on tiny data: outputs, shapes, determinism, bad input."""
-import gzip
 import json
 
 import numpy as np
@@ -9,23 +8,6 @@ import torch
 import gan_baseline
 
 TINY = ["--steps", "3", "--batch-size", "8", "--n", "6"]
-
-
-def write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    """48 training and 16 test 'digits' in the real IDX format: random strokes are enough here."""
-    d = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 48), ("t10k", 16)]:
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 2051)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n), 2049)
-    return d
 
 
 def run(argv, mnist_dir, runs):

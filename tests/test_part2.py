@@ -1,5 +1,4 @@
 """Part 2's script end to end, on tiny data: outputs, resume, determinism, Ctrl-C, bad input."""
-import gzip
 import json
 import os
 import signal
@@ -18,23 +17,6 @@ import part2_diffusion
 ROOT = Path(__file__).resolve().parents[1]
 # A few steps of the real "cpu" model on 48 tiny images with T = 20: seconds, yet every line runs.
 TINY = ["--dataset", "mnist", "--T", "20", "--batch-size", "8", "--n", "4", "--ckpt-every", "2"]
-
-
-def write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    """48 training and 16 test 'digits' in the real IDX format: random strokes are enough here."""
-    d = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 48), ("t10k", 16)]:
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 2051)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n), 2049)
-    return d
 
 
 def run(argv, mnist_dir, runs):
