@@ -22,13 +22,13 @@ from outputs import UserError, check_writable, run_main, save_figure, save_json
 # float64: the fits reach MSE ~5e-6, and L-BFGS decides when to stop from loss changes far below that; in
 # float32 those decisions drown in rounding. A 22-weight net costs the same in either precision.
 DTYPE = torch.float64
-N_SAMPLES = 200       # training pairs (y, x); a fifth of them is the validation split
+N_SAMPLES = 1000      # training pairs (y, x); a fifth of them is the validation split
 N_NON_INVERTIBLE = 2000  # more for the non-invertible case: x | y scatters over pi, so its mean is noisier to fit
 HIDDEN = (3, 3)       # the lab's architecture: 1 -> 3 -> 3 -> 1
-RESTARTS = 4          # independent fits from fresh random weights
-HOPS = 40             # attempts to improve the best fit so far by moving one of its kinks
-FIT_STEPS = 60        # L-BFGS iterations per attempt: enough to tell a good basin from a bad one
-POLISH_STEPS = 1000   # L-BFGS iterations for the final polish of the best net
+RESTARTS = 4          # fits from a fresh start: a least-squares spline for ReLU, random kinks otherwise
+HOPS = 0              # refits of the best net with one kink moved at random (helps tanh and odd shapes)
+FIT_STEPS = 100       # L-BFGS iterations per fit: enough to tell a good basin from a bad one
+POLISH_STEPS = 300    # L-BFGS iterations for the final polish of the best net
 Y_MAX = math.sin(1.0)  # training x in [-1, 1] means y in [-0.841, 0.841]
 Y_GRID = torch.linspace(-Y_MAX, Y_MAX, 2001, dtype=DTYPE)[:, None]  # held-out grid, (2001, 1)
 
@@ -88,9 +88,55 @@ def revive_dead_units(model, y, generator):
     return revived
 
 
+def least_squares(a, b):
+    """The c that minimises |a c - b|^2, for a: (n, k) and b: (n, 1). Returns (k,). Driver gelsd (SVD): the default
+    driver's last digits depend on where the arrays sit in memory, and L-BFGS would magnify them into a new result."""
+    return torch.linalg.lstsq(a, b, driver="gelsd").solution[:, 0]
+
+
+def knots_where_it_bends(y, x, k, jitter, generator):
+    """k sorted knots in [min y, max y], dense where the data curves. For the least-squares error of a linear
+    spline the best knot density is proportional to |f''|^(2/5) (de Boor, A Practical Guide to Splines); f'' comes
+    from a cubic fitted to the data. jitter in [0, 1] moves each knot at random by up to half a spacing (in
+    quantiles of that density). y, x: (n, 1). Returns (k,)."""
+    c = least_squares(torch.cat([y ** p for p in range(4)], 1), x)  # x ~ c0 + c1 y + c2 y^2 + c3 y^3
+    grid = torch.linspace(y.min().item(), y.max().item(), 1001, dtype=DTYPE)
+    density = (2 * c[2] + 6 * c[3] * grid).abs() ** 0.4 + 1e-9  # |f''|^(2/5), never exactly zero
+    cdf = torch.cumsum(density, 0) / density.sum()
+    u = (torch.arange(1, k + 1, dtype=DTYPE) + jitter * (torch.rand(k, generator=generator, dtype=DTYPE) - 0.5)) / (k + 1)
+    return grid[torch.searchsorted(cdf, u).clamp(max=len(grid) - 1)].sort().values
+
+
+def spline_start(model, y, x, generator, jitter):
+    """Set a two-hidden-layer ReLU net to a least-squares linear spline through (y, x), both (n, 1). Layer 1: unit 0
+    is linear on the data, unit j >= 1 has its kink at a knot c_j. Layer 2: unit j >= 1 is a tent, zero at knots
+    a_j < c_j < b_j with its apex at c_j (where it reads layer-1 unit j's kink); unit 0 stays positive, so it passes
+    a linear mix of layer 1 through. That mix and the output layer are solved by least squares."""
+    init_weights(model, y, generator)  # units the construction leaves out keep random kinks
+    l1, l2, out = model[0], model[2], model[4]
+    tents = min(l1.out_features, l2.out_features) - 1
+    knots = knots_where_it_bends(y, x, 3 * tents, jitter, generator).tolist()
+    lo = y.min().item()
+    with torch.no_grad():
+        l1.weight[0], l1.bias[0] = 1.0, 1.0 - lo  # h_0 = y - lo + 1 > 0 on the data
+        for j in range(1, tents + 1):
+            a, c, b = knots[3 * j - 3: 3 * j]
+            l1.weight[j], l1.bias[j] = 1.0, -c  # h_j = relu(y - c)
+            # tent_j = (y - a) - (b - a) / (b - c) * h_j: 0 at a, rising to its apex at c, back to 0 at b
+            l2.weight[j] = 0.0
+            l2.weight[j, 0], l2.weight[j, j], l2.bias[j] = 1.0, -(b - a) / max(b - c, 1e-9), -(a - lo + 1.0)
+        h = torch.relu(l1(y))
+        tent = torch.relu(l2(h))[:, 1:]
+        coef = least_squares(torch.cat([h, tent, torch.ones_like(y)], 1), x)
+        mix, shift = coef[:l1.out_features], (h @ coef[:l1.out_features]).abs().max().item() + 1.0
+        l2.weight[0], l2.bias[0] = mix, shift  # unit 0 = mix . h + shift > 0: always on
+        out.weight[0, 0], out.weight[0, 1:], out.bias[0] = 1.0, coef[l1.out_features:-1], coef[-1] - shift
+
+
 def fit(model, y, x, losses, steps=FIT_STEPS):
     """Full-batch L-BFGS on the MSE; appends each evaluated training loss to `losses`."""
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=steps, line_search_fn="strong_wolfe",
+    # history_size=10: each step costs time in proportion to the history kept, and 10 pairs are plenty for 22 weights
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=steps, history_size=10, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-12, tolerance_change=1e-15)
 
     def closure():  # L-BFGS calls this as often as its line search needs: one training step's worth each time
@@ -112,13 +158,15 @@ def mse(model, y, x):
 
 
 # Why this recipe (measured: `python bench.py part1`, and the README's Part 1). A ReLU net computes a piecewise-
-# linear function; how well it fits depends on where its few kinks sit. Adam from PyTorch's default initialisation
-# leaves most seeds with a straight line: every kink pushed off the data, where no gradient brings it back. So:
-# (1) each hidden unit starts with its kink at a random training input, and a unit that ends a fit dead (constant
-# on all inputs) is re-seeded that way and the fit resumed; (2) fits are full-batch L-BFGS, which settles into a
-# basin in tens of steps; (3) the loss still has many local minima (kinks in poor places), so after RESTARTS fresh
-# fits we hop HOPS times: move one random kink of the best net to a random training input, refit, and keep the
-# result only if the MSE on the validation split (never fitted) drops. A long L-BFGS polish of the winner ends it.
+# linear function; how well it fits depends on where its few kinks sit. From PyTorch's default initialisation most
+# seeds end as a straight line: the kinks are pushed off the data, where no gradient brings them back. So (1) the net
+# starts as a least-squares linear spline (`spline_start`: knots where the data bends, tents in layer 2), and from
+# there (2) full-batch L-BFGS slides the knots into place; (3) the loss still has local minima, so we fit RESTARTS
+# times, knots jittered after the first, and keep the net with the lowest MSE on the validation split (never
+# fitted); a long L-BFGS polish of the winner ends it. Nets the spline does not fit (tanh, other depths) start with
+# each kink at a random training input instead; for any net, a unit that ends a fit dead (constant on all inputs)
+# is re-seeded and the fit resumed, and HOPS refits of the best net, with one kink moved to a random training input,
+# are kept only if the validation MSE drops.
 def train(y, x, hidden=HIDDEN, activation="relu", seed=0, restarts=RESTARTS, hops=HOPS):
     """Fit an MLP to (y, x), both (n, 1). Returns (model, curves): curves["loss"] lists every training loss
     L-BFGS evaluated (all fits in order, the polish last), curves["best"] the best validation MSE at each of
@@ -130,7 +178,9 @@ def train(y, x, hidden=HIDDEN, activation="relu", seed=0, restarts=RESTARTS, hop
     best, best_val = None, math.inf
     for attempt in range(restarts + hops):
         model = make_mlp(hidden, activation)
-        if attempt < restarts:
+        if attempt < restarts and activation == "relu" and len(hidden) == 2:
+            spline_start(model, y_fit, x_fit, g, jitter=0.0 if attempt == 0 else 1.0)
+        elif attempt < restarts:
             init_weights(model, y_fit, g)
         else:  # a hop: the best net so far, with one random hidden unit's kink moved to a random training input
             model.load_state_dict(best.state_dict())
@@ -158,7 +208,7 @@ def evaluate(model, y=Y_GRID):
 
 def straight_line(y, x):
     """The least-squares line x = a*y + b through the training pairs: the bar any net has to clear."""
-    a, b = torch.linalg.lstsq(torch.cat([y, torch.ones_like(y)], 1), x).solution[:, 0].tolist()
+    a, b = least_squares(torch.cat([y, torch.ones_like(y)], 1), x).tolist()
     return lambda t: a * t + b
 
 
