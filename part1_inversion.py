@@ -95,15 +95,17 @@ def least_squares(a, b):
 
 
 def knots_where_it_bends(y, x, k, jitter, generator):
-    """k sorted knots in [min y, max y], dense where the data curves. For the least-squares error of a linear
-    spline the best knot density is proportional to |f''|^(2/5) (de Boor, A Practical Guide to Splines); f'' comes
-    from a cubic fitted to the data. jitter in [0, 1] moves each knot at random by up to half a spacing (in
-    quantiles of that density). y, x: (n, 1). Returns (k,)."""
+    """k sorted knots in [min y, max y], dense where the data curves. A straight piece of width h laid over a curve
+    with second derivative f'' leaves a squared error of about f''^2 h^5 / 720 (integrated over the piece); sharing k
+    knots so that the total is least gives a knot density proportional to |f''|^(2/5). f'' comes from a cubic fitted
+    to the data. jitter in [0, 1] moves each knot at random by up to half a spacing (in quantiles of that density).
+    y, x: (n, 1). Returns (k,)."""
     c = least_squares(torch.cat([y ** p for p in range(4)], 1), x)  # x ~ c0 + c1 y + c2 y^2 + c3 y^3
     grid = torch.linspace(y.min().item(), y.max().item(), 1001, dtype=DTYPE)
     density = (2 * c[2] + 6 * c[3] * grid).abs() ** 0.4 + 1e-9  # |f''|^(2/5), never exactly zero
     cdf = torch.cumsum(density, 0) / density.sum()
-    u = (torch.arange(1, k + 1, dtype=DTYPE) + jitter * (torch.rand(k, generator=generator, dtype=DTYPE) - 0.5)) / (k + 1)
+    shake = jitter * (torch.rand(k, generator=generator, dtype=DTYPE) - 0.5)
+    u = (torch.arange(1, k + 1, dtype=DTYPE) + shake) / (k + 1)  # knot quantiles: 1/(k+1), ..., k/(k+1), shaken
     return grid[torch.searchsorted(cdf, u).clamp(max=len(grid) - 1)].sort().values
 
 
@@ -133,10 +135,11 @@ def spline_start(model, y, x, generator, jitter):
         out.weight[0, 0], out.weight[0, 1:], out.bias[0] = 1.0, coef[l1.out_features:-1], coef[-1] - shift
 
 
-def fit(model, y, x, losses, steps=FIT_STEPS):
-    """Full-batch L-BFGS on the MSE; appends each evaluated training loss to `losses`."""
-    # history_size=10: each step costs time in proportion to the history kept, and 10 pairs are plenty for 22 weights
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=steps, history_size=10, line_search_fn="strong_wolfe",
+def fit(model, y, x, losses, steps=FIT_STEPS, history=10):
+    """Full-batch L-BFGS on the MSE; appends each evaluated training loss to `losses`. `history`: how many past
+    steps L-BFGS remembers to model the curvature; each step's cost grows with it, but so does the precision of
+    the end point, so short searching fits keep 10 and the final polish 100."""
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=steps, history_size=history, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-12, tolerance_change=1e-15)
 
     def closure():  # L-BFGS calls this as often as its line search needs: one training step's worth each time
@@ -195,7 +198,7 @@ def train(y, x, hidden=HIDDEN, activation="relu", seed=0, restarts=RESTARTS, hop
         if val < best_val:
             best, best_val = model, val
         curves["best"] += [best_val] * (len(curves["loss"]) - len(curves["best"]))
-    fit(best, y_fit, x_fit, curves["loss"], steps=POLISH_STEPS)
+    fit(best, y_fit, x_fit, curves["loss"], steps=POLISH_STEPS, history=100)
     return best, curves
 
 
@@ -255,7 +258,8 @@ def run_fit(args, out):
     ax.semilogy(curves["loss"], lw=0.6, label="training MSE of the fit in progress")
     ax.semilogy(curves["best"], lw=1.5, label="validation MSE of the best net so far")
     ax.axvline(len(curves["best"]), color="k", lw=0.5, ls=":")
-    ax.set(title=f"L-BFGS over {args.restarts} restarts + {args.hops} hops, then the polish",
+    hops = f" and {args.hops} hops" if args.hops else ""
+    ax.set(title=f"L-BFGS over {args.restarts} starts{hops}, then the polish",
            xlabel="loss evaluation", ylabel="MSE")
     ax.legend()
     save_figure(fig, out / "loss.png")
@@ -375,7 +379,7 @@ def parse_args(argv):
     parser.add_argument("--activation", default="relu", choices=["relu", "tanh"],
                         help="hidden activation (default relu)")
     parser.add_argument("--restarts", type=int, default=RESTARTS,
-                        help=f"fits from fresh random weights (default {RESTARTS})")
+                        help=f"fits from a fresh start, a least-squares spline for ReLU (default {RESTARTS})")
     parser.add_argument("--hops", type=int, default=HOPS,
                         help=f"refits of the best net with one kink moved (default {HOPS})")
 

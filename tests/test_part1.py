@@ -175,9 +175,9 @@ def test_non_invertible_net_predicts_the_conditional_mean():
     y_away = torch.cat([-y_away, y_away])
     with torch.no_grad():
         gap = (model(y_away) - p1.conditional_mean(y_away)).abs().max().item()
-    # Seeds 0..19 of this short recipe gave gaps of 0.025 to 0.165 (median 0.10): the mean of two branches is
-    # fitted from finite data. 0.3 is twice the worst, and far below the 1.27 a net would show had it learned arcsin.
-    assert gap < 0.3
+    # Seeds 0..19 of this short recipe gave gaps of 0.023 to 0.198 (median 0.11): the mean of two branches is
+    # fitted from finite data. 0.4 is twice the worst, and far below the 1.27 a net would show had it learned arcsin.
+    assert gap < 0.4
 
 
 def test_same_seed_same_result(tmp_path):
