@@ -89,16 +89,18 @@ def revive_dead_units(model, y, generator):
 
 
 def least_squares(a, b):
-    """The c that minimises |a c - b|^2, for a: (n, k) and b: (n, 1). Returns (k,). Driver gelsd (SVD): the default
-    driver's last digits depend on where the arrays sit in memory, and L-BFGS would magnify them into a new result."""
+    """The c that minimises |a c - b|^2, for a: (n, k) and b: (n, 1). Returns (k,). Driver gelsd (SVD) copes with
+    all-zero columns (dead units) and with fewer rows than columns; and the default driver's last digits depend on
+    where the arrays sit in memory, which L-BFGS would magnify into a different result for the same seed."""
     return torch.linalg.lstsq(a, b, driver="gelsd").solution[:, 0]
 
 
 def knots_where_it_bends(y, x, k, jitter, generator):
     """k sorted knots in [min y, max y], dense where the data curves. A straight piece of width h laid over a curve
-    with second derivative f'' leaves a squared error of about f''^2 h^5 / 720 (integrated over the piece); sharing k
-    knots so that the total is least gives a knot density proportional to |f''|^(2/5). f'' comes from a cubic fitted
-    to the data. jitter in [0, 1] moves each knot at random by up to half a spacing (in quantiles of that density).
+    with second derivative f'' leaves a squared error of about f''^2 h^5 / 720 (integrated over the piece), so the
+    total is about the integral of f''^2 h^4 / 720 dy; making it least for a fixed knot count (the integral of 1/h)
+    gives h^5 ~ 1/f''^2, a knot density proportional to |f''|^(2/5). f'' comes from a cubic fitted to the data.
+    jitter in [0, 1] moves each knot at random by up to jitter/2 of a spacing (in quantiles of that density).
     y, x: (n, 1). Returns (k,)."""
     c = least_squares(torch.cat([y ** p for p in range(4)], 1), x)  # x ~ c0 + c1 y + c2 y^2 + c3 y^3
     grid = torch.linspace(y.min().item(), y.max().item(), 1001, dtype=DTYPE)
@@ -110,11 +112,13 @@ def knots_where_it_bends(y, x, k, jitter, generator):
 
 
 def spline_start(model, y, x, generator, jitter):
-    """Set a two-hidden-layer ReLU net to a least-squares linear spline through (y, x), both (n, 1). Layer 1: unit 0
-    is linear on the data, unit j >= 1 has its kink at a knot c_j. Layer 2: unit j >= 1 is a tent, zero at knots
-    a_j < c_j < b_j with its apex at c_j (where it reads layer-1 unit j's kink); unit 0 stays positive, so it passes
-    a linear mix of layer 1 through. That mix and the output layer are solved by least squares."""
-    init_weights(model, y, generator)  # units the construction leaves out keep random kinks
+    """Set a two-hidden-layer ReLU net to a linear spline through (y, x), both (n, 1), with its knots where the data
+    bends. Layer 1: unit 0 is linear on the data, unit j >= 1 has its kink at a knot c_j. Layer 2: unit j >= 1 is a
+    tent, zero at knots a_j < c_j < b_j with its apex at c_j (where it reads layer-1 unit j's kink); unit 0 is
+    positive on every training input, so it passes a mix of layer 1 (a line plus the kinks) through. That mix and
+    the output layer are solved by least squares: the best fit of a line, the kinks and the fixed-shape tents (a
+    free spline on the same knots could fit better; L-BFGS takes it from here)."""
+    init_weights(model, y, generator)  # units left out keep random weights; a dead one is revived after the fit
     l1, l2, out = model[0], model[2], model[4]
     tents = min(l1.out_features, l2.out_features) - 1
     knots = knots_where_it_bends(y, x, 3 * tents, jitter, generator).tolist()
@@ -133,7 +137,7 @@ def spline_start(model, y, x, generator, jitter):
         tent = torch.relu(l2(h))[:, 1:]
         coef = least_squares(torch.cat([h, tent, torch.ones_like(y)], 1), x)
         mix, shift = coef[:l1.out_features], (h @ coef[:l1.out_features]).abs().max().item() + 1.0
-        l2.weight[0], l2.bias[0] = mix, shift  # unit 0 = mix . h + shift > 0: always on
+        l2.weight[0], l2.bias[0] = mix, shift  # unit 0 = mix . h + shift > 0 on every training input
         out.weight[0, 0], out.weight[0, 1:], out.bias[0] = 1.0, coef[l1.out_features:-1], coef[-1] - shift
 
 
@@ -163,15 +167,15 @@ def mse(model, y, x):
 
 
 # Why this recipe (measured: `python bench.py part1`, and the README's Part 1). A ReLU net computes a piecewise-
-# linear function; how well it fits depends on where its few kinks sit. From PyTorch's default initialisation most
-# seeds end as a straight line: the kinks are pushed off the data, where no gradient brings them back. So (1) the net
-# starts as a least-squares linear spline (`spline_start`: knots where the data bends, tents in layer 2), and from
-# there (2) full-batch L-BFGS slides the knots into place; (3) the loss still has local minima, so we fit RESTARTS
-# times, knots jittered after the first, and keep the net with the lowest MSE on the validation split (never
-# fitted); a long L-BFGS polish of the winner ends it. Nets the spline does not fit (tanh, other depths) start with
-# each kink at a random training input instead; for any net, a unit that ends a fit dead (constant on all inputs)
-# is re-seeded and the fit resumed, and HOPS refits of the best net, with one kink moved to a random training input,
-# are kept only if the validation MSE drops.
+# linear function; how well it fits depends on where its few kinks sit. Adam from PyTorch's default initialisation
+# leaves most seeds with a straight line: the kinks are pushed off the data, where no gradient brings them back.
+# So (1) the net starts as a linear spline fitted by least squares (`spline_start`: knots where the data bends,
+# tents in layer 2), and from there (2) full-batch L-BFGS slides the knots into place; (3) the loss still has local
+# minima, so we fit RESTARTS times, knots jittered after the first, and keep the net with the lowest MSE on the
+# validation split (never fitted); a long L-BFGS polish of the winner ends it. Nets the spline does not fit (tanh,
+# other depths) start with each kink at a random training input instead; for any net, a unit that ends a fit dead
+# (constant on all inputs) is re-seeded and the fit resumed, and HOPS refits of the best net, with one kink moved
+# to a random training input, are kept only if the validation MSE drops.
 def train(y, x, hidden=HIDDEN, activation="relu", seed=0, restarts=RESTARTS, hops=HOPS):
     """Fit an MLP to (y, x), both (n, 1). Returns (model, curves): curves["loss"] lists every training loss
     L-BFGS evaluated (all fits in order, the polish last), curves["best"] the best validation MSE at each of
