@@ -17,7 +17,7 @@ import sys
 def bench_part1(argv):
     """Part 1: the held-out MSE floor of the 1-3-3-1 ReLU net, the default recipe over many seeds, and the time
     of one default run. The floor is the best of several long searches (the same recipe with many more restarts
-    and hops, then the same polish) fitted directly to the held-out grid: each minimises the very number
+    and hops, then a ten times longer polish) fitted directly to the held-out grid: each minimises the very number
     we report, so it bounds what training on samples can reach, as well as a search can."""
     import statistics
     import subprocess

@@ -121,7 +121,7 @@ def test_spline_start_uses_every_kink_and_a_least_squares_output():
     loss = ((model(y) - x) ** 2).mean()
     loss.backward()
     assert model[4].weight.grad.abs().max() < 1e-10 and model[4].bias.grad.abs().max() < 1e-10  # least squares
-    assert loss.item() < 0.2 * p1.mse(lambda t: p1.straight_line(y, x)(t), y, x)
+    assert loss.item() < 0.2 * p1.mse(p1.straight_line(y, x), y, x)
 
 
 @pytest.mark.parametrize("hidden", [(2, 4), (4, 2), (8, 8)])
@@ -129,7 +129,7 @@ def test_spline_start_handles_unequal_widths(hidden):
     y, x = p1.make_data(300, torch.Generator().manual_seed(4))
     model = p1.make_mlp(hidden, "relu")
     p1.spline_start(model, y, x, torch.Generator().manual_seed(4), jitter=1.0)
-    assert p1.mse(model, y, x) < p1.mse(lambda t: p1.straight_line(y, x)(t), y, x)
+    assert p1.mse(model, y, x) < p1.mse(p1.straight_line(y, x), y, x)
 
 
 @pytest.fixture(scope="module")
