@@ -3,6 +3,7 @@
     python bench.py part1     # Part 1: the MSE floor of the 1-3-3-1 net, the default recipe over 20 seeds
     python bench.py unet      # the U-Net's training and inference throughput (and diffusers', if installed)
     python bench.py train     # Part 2: training speed, sampling time, sample quality (and diffusers')
+    python bench.py reference # Part 2: make reference/checkpoint.pt (3000 steps, seed 0) and measure it
 
 Run them on a quiet machine: other work on the same cores changes every timing.
 """
@@ -346,7 +347,79 @@ def train_peer(args, classifier, head, row):
     print(f"sampling 64 images, DDIM-50: {sample(64)[1]:.1f} s")
 
 
-BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train}
+# --- reference ---------------------------------------------------------------------------------------
+
+def bench_reference(argv):
+    """Make the reference checkpoint, reference/checkpoint.pt, and measure it.
+
+    Trains part2_diffusion.py's default recipe for --steps optimiser steps (seed 0; a step count, not a
+    time box, so the same command gives the same weights on the same machine and thread count), drawing
+    64 digits with DDPM-1000 at the end as the default run does. Then keeps only what sampling needs
+    (part2_diffusion.for_sampling) in --out, and from that file times 64 digits with DDIM-50 and scores
+    1000 DDIM-50 digits with metrics.py (FID at N = 1000 against the 10,000 MNIST test digits).
+    --ddpm-fid also scores 1000 DDPM-1000 digits (about 20 minutes on a 2-core CPU).
+    Needs MNIST in --data-dir; trains and caches metrics.py's classifier there first if it is missing.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    import metrics
+    import part2_diffusion
+    from outputs import atomic_write
+
+    p = argparse.ArgumentParser(prog="bench.py reference", description=bench_reference.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="data", help="folder with MNIST (default data)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
+    p.add_argument("--out", default="reference", help="folder of the checkpoint (default reference)")
+    p.add_argument("--ddpm-fid", action="store_true", help="also score 1000 DDPM-1000 samples")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="skip training: cut down and measure this finished run of the same recipe")
+    args = p.parse_args(argv)
+    metrics.load_or_train_classifier(args.data_dir)  # train it now, not inside a measurement
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+
+    if args.run:
+        run = Path(args.run)
+    else:
+        run = Path(tempfile.mkdtemp(prefix="bench-reference-")) / "reference"
+        part2_diffusion.main(["--data-dir", args.data_dir, "--runs", str(run.parent), "--name", "reference",
+                              "--steps", str(args.steps), "--minutes", "600", "--seed", "0"])
+    trained = json.loads((run / "summary.json").read_text())
+    ckpt = part2_diffusion.load_checkpoint(run)
+    out = Path(args.out)
+    atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(part2_diffusion.for_sampling(ckpt), tmp))
+
+    def sample(*flags):
+        part2_diffusion.main(["--data-dir", args.data_dir, "--sample-from", str(out), *flags])
+        tag = ("ddpm" if "ddpm" in flags else "ddim50") + f"-n{flags[flags.index('--n') + 1]}-seed0"
+        summary_file = out / "samples" / tag / "summary.json"
+        return json.loads(summary_file.read_text())
+
+    ddim64 = sample("--sampler", "ddim", "--n", "64")
+    rows = [("training steps", trained["steps"]),
+            ("training time", f"{trained['train_seconds']:.0f} s"),
+            ("steps per second", f"{trained['steps'] / trained['train_seconds']:.2f}"),
+            ("64 images, DDPM-1000", f"{trained['sampling_seconds']:.1f} s"),
+            ("64 images, DDIM-50", f"{ddim64['sampling_seconds']:.1f} s"),
+            ("checkpoint size", f"{(out / 'checkpoint.pt').stat().st_size / 1e6:.2f} MB")]
+    for sampler in ["ddim"] + (["ddpm"] if args.ddpm_fid else []):
+        m = sample("--sampler", sampler, "--n", "1000")
+        f = m["metrics"]
+        name = "DDIM-50" if sampler == "ddim" else "DDPM-1000"
+        rows.append((f"1000 images, {name}", f"{m['sampling_seconds']:.1f} s"))
+        rows.append((f"FID (N = 1000, {name})", f"{f['fid']:.2f}; precision {f['precision']:.3f}, "
+                     f"recall {f['recall']:.3f}, classes {f['classes_present']}/10, "
+                     f"confidence {f['confidence']:.3f}, KL(U) {f['kl_uniform']:.3f}"))
+    print(f"\nreference checkpoint: {out / 'checkpoint.pt'} (the full run is in {run})")
+    for what, value in rows:
+        print(f"{what:28s} {value}")
+
+
+BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "reference": bench_reference}
 
 
 def main():

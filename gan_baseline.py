@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import data
 import part2_diffusion
 import plots
-from outputs import UserError, atomic_write, check_writable, run_main, save_figure, save_json
+from outputs import HelpFormatter, UserError, atomic_write, check_writable, run_main, save_figure, save_json
 
 # Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps). WIDTH 32 runs
 # ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in 10 minutes the small pair
@@ -82,7 +82,7 @@ def dcgan_init(module):
 def get_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train a DCGAN (Radford et al. 2015) on MNIST, the baseline for Part 2's DDPM.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--data-dir", default="data", help="where MNIST is looked for (see data.py); if it is "
                    "missing, synthetic digits are used instead, with a warning, as in part2_diffusion.py")
     p.add_argument("--steps", type=int, default=STEPS, help="total steps (one D and one G update each)")

@@ -16,9 +16,12 @@ The edition keeps the three comment lines and puts in place of the solution, at 
         raise NotImplementedError("Exercise 4: Eq. 9; self._at(table, t, x0) is table[t], shaped to ...")
 
 so an unfinished exercise fails its tests with its own message. Everything else is copied unchanged: the
-modules, tests/ (with the grading plugin, tests/conftest.py), pytest.ini, requirements.txt, README.md and
-.gitignore. This script and its test, tests/test_assignment.py, stay behind. Tests say which exercise they
-grade with @pytest.mark.exN (see tests/conftest.py); students run `python -m pytest --grade`.
+modules, tests/ (with the grading plugin, tests/conftest.py), pytest.ini, requirements.txt, .gitignore,
+the reference checkpoint, and README.md and HANDOUT.md without their instructors' blocks (the lines from
+`<!-- BEGIN INSTRUCTORS -->` to `<!-- END INSTRUCTORS -->`). Left behind: this script and its test,
+tests/test_assignment.py, bench.py, and the documents with answers or measured results (LAB.md,
+INSTRUCTORS.md, BENCHMARKS.md, figures/). Tests say which exercise they grade with @pytest.mark.exN
+(see tests/conftest.py); students run `python -m pytest --grade`.
 
 The exercise numbers are fixed, so that adding an exercise never renumbers another:
      1  Part 1: the 1-3-3-1 MLP                           part1_inversion.py   make_mlp
@@ -45,8 +48,14 @@ from pathlib import Path
 from outputs import UserError, atomic_write, run_main
 
 SOURCE = Path(__file__).resolve().parent
-TOP_FILES = ("README.md", "requirements.txt", "pytest.ini", ".gitignore")
-INSTRUCTORS_ONLY = ("make_assignment.py", "tests/test_assignment.py")
+TOP_FILES = ("README.md", "HANDOUT.md", "requirements.txt", "pytest.ini", ".gitignore",
+             "reference/checkpoint.pt")
+# Left out: the answers (LAB.md), the grading manual (INSTRUCTORS.md), the measured tables and their
+# figures (BENCHMARKS.md, figures/: they answer the discussion questions) and the maintainer's tools.
+INSTRUCTORS_ONLY = ("make_assignment.py", "bench.py", "tests/test_assignment.py")
+# Lines of a markdown file from BEGIN to END (both included) are for instructors: the edition drops them.
+INSTRUCTORS_BLOCK = re.compile(r"^<!-- BEGIN INSTRUCTORS -->\n.*?^<!-- END INSTRUCTORS -->\n",
+                               re.MULTILINE | re.DOTALL)
 
 BEGIN = re.compile(r"# BEGIN EXERCISE (\d+): (\S.*)")
 HINT = re.compile(r"# HINT: (\S.*)")
@@ -62,6 +71,11 @@ def edition_files(src):
     files = [Path(name) for name in TOP_FILES if (src / name).is_file()]
     files += [path.relative_to(src) for path in sorted(src.glob("*.py")) + sorted(src.glob("tests/*.py"))]
     return [f for f in files if f.as_posix() not in INSTRUCTORS_ONLY]
+
+
+def for_students(text):
+    """The markdown `text` without its instructors' blocks (see INSTRUCTORS_BLOCK)."""
+    return INSTRUCTORS_BLOCK.sub("", text)
 
 
 def find_regions(name, text):
@@ -173,6 +187,8 @@ def make_edition(src, out, force=False, exercises=None):
                         f"{', '.join(map(str, sorted(found))) or 'none'}")
 
     for rel, data in files.items():
+        if rel.suffix == ".md":
+            files[rel] = for_students(data.decode()).encode()
         if rel.suffix == ".py":
             name, text = rel.as_posix(), data.decode()
             bodies = {r.number: unfinished(r) for r in find_regions(name, text) if r.number in wanted}

@@ -8,6 +8,7 @@ new one, never half of one.
 Scripts raise `UserError` for mistakes a user can fix (a bad flag, a missing file); `run_main` turns it
 into one line on stderr and exit status 2, with no traceback. Bugs still raise normally.
 """
+import argparse
 import json
 import os
 import sys
@@ -71,6 +72,16 @@ def check_writable(folder, flag="--out"):
     except OSError as e:
         raise UserError(f"cannot write to output folder {folder} ({e.strerror}); choose another with {flag}")
     return folder
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that states each default once: "(default: X)" is added only when the help text does not
+    already name the default, and never for flags whose default is None or False (nothing to say)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def run_main(main):

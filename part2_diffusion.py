@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import data
 import metrics
 import plots
-from outputs import UserError, atomic_write, check_writable, run_main, save_json
+from outputs import HelpFormatter, UserError, atomic_write, check_writable, run_main, save_json
 from schedule import SCHEDULES, Schedule, classifier_free_guidance
 from unet import PRESETS, UNet
 
@@ -50,7 +50,7 @@ N_SAMPLES = 64
 def get_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train a DDPM (Ho et al. 2020) on MNIST and sample digits from pure noise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=data.DATASETS, default=None,
                    help=f"dataset to learn (default {DATASET}; if MNIST cannot be found or downloaded, "
@@ -166,6 +166,14 @@ def load_checkpoint(run_dir):
     if missing:
         raise UserError(f"{path} is not a part2_diffusion.py checkpoint (missing {sorted(missing)})")
     return ckpt
+
+
+def for_sampling(ckpt):
+    """A checkpoint cut down to what sampling needs: the EMA weights, the configuration, the step and the
+    loss history; no optimiser state or RNG state, so it cannot be resumed. Its "model" entry is the EMA
+    weights themselves (torch.save stores a shared tensor once), so it is a third of the full size."""
+    return dict(meta=ckpt["meta"], model_config=ckpt["model_config"], schedule=ckpt["schedule"],
+                model=ckpt["ema"], ema=ckpt["ema"], step=ckpt["step"], history=ckpt["history"])
 
 
 def build_model(model_config, state_dict, path):
@@ -295,6 +303,28 @@ def train(args, run_dir, device, ckpt=None):
 
 # --- sampling (Algorithm 2, or DDIM) ----------------------------------------------------------------
 
+class Progress:
+    """A progress line on stderr, redrawn at most once a second: done/total, rate and time left."""
+
+    def __init__(self, total, what):
+        self.total, self.what, self.done = total, what, 0
+        self.start = self.last = time.time()
+
+    def tick(self, value=None):
+        self.done += 1
+        now = time.time()
+        if now - self.last > 1 or self.done == self.total:
+            rate = self.done / max(now - self.start, 1e-9)
+            print(f"\r{self.what}: step {self.done}/{self.total}  {rate:.1f} steps/s  "
+                  f"ETA {(self.total - self.done) / rate / 60:.1f} min ", end="", file=sys.stderr, flush=True)
+            self.last = now
+        return value
+
+    def close(self):
+        if self.done:
+            print(file=sys.stderr)
+
+
 def sample(model, sched, meta, args, device):
     """Draw args.n images, in batches. Returns (samples (n, C, H, W) in [-1, 1], trajectory, seconds)."""
     if meta["conditional"]:
@@ -307,14 +337,17 @@ def sample(model, sched, meta, args, device):
     record = set(range(T)) if args.sampler == "ddim" else set(np.linspace(T - 1, 0, 8).round().astype(int))
     chunks, trajectory, start = [], None, time.time()
     chunk = 1000 if device.type == "cuda" else 256  # a GPU is idle on small batches; a CPU is not
+    steps = sched.T if args.sampler == "ddpm" else args.sampling_steps
+    progress = Progress(math.ceil(args.n / chunk) * steps, f"sampling {args.n} images, {args.sampler}")
     for i in range(0, args.n, chunk):
         shape = (min(chunk, args.n - i), c, s, s)
         if meta["conditional"]:
             y = y_all[i:i + shape[0]]
-            eps_fn = (lambda x, t, y=y: model(x, t, y)) if args.guidance is None else \
+            net = (lambda x, t, y=y: model(x, t, y)) if args.guidance is None else \
                 classifier_free_guidance(model, y, args.guidance, null_label=10)
         else:
-            eps_fn = lambda x, t: model(x, t)
+            net = lambda x, t: model(x, t)
+        eps_fn = lambda x, t, net=net: progress.tick(net(x, t))  # one network evaluation per step
         kw = dict(generator=gen, device=device, record=record if i == 0 else ())
         with torch.no_grad():
             if args.sampler == "ddpm":
@@ -324,6 +357,7 @@ def sample(model, sched, meta, args, device):
         chunks.append(x.cpu())
         if i == 0:
             trajectory = traj[::max(1, len(traj) // 8)] if args.sampler == "ddim" else traj
+    progress.close()
     return torch.cat(chunks), trajectory, time.time() - start
 
 
@@ -355,6 +389,9 @@ def main(argv=None):
         out = check_writable(Path(args.sample_from) / "samples" / tag, "--sample-from")
     else:
         ckpt = load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None and "optimizer" not in ckpt:
+            raise UserError(f"{args.resume} holds weights for sampling only (no optimiser state), so it "
+                            f"cannot be resumed; sample from it with --sample-from {args.resume}")
         check_conditioning(args, ckpt["meta"]["conditional"] if ckpt else args.conditional)
         out = check_writable(args.resume, "--resume") if args.resume else run_folder(args)
         print(f"run folder: {out}", file=sys.stderr)

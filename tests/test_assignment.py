@@ -25,7 +25,8 @@ from hypothesis import Phase, settings
 
 SOURCE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(SOURCE))  # when run as a script; under pytest, pytest.ini already does this
-from make_assignment import edition_files, find_regions, make_edition, replace_bodies, solutions  # noqa: E402
+from make_assignment import (edition_files, find_regions, for_students, make_edition,  # noqa: E402
+                             replace_bodies, solutions)
 from outputs import UserError  # noqa: E402
 
 SLOW = ["test_ddpm_samples_gaussian_data"]  # graded like every other test; only left out of the runs here
@@ -39,11 +40,14 @@ def graded_test_files(root):
 
 
 def forget(*roots):
-    """Drop the modules imported from under `roots`, so that the next edition's schedule.py, conftest.py,
-    test_schedule.py... are imported afresh instead of the cached ones of an earlier edition."""
+    """Drop the lab's modules imported from `roots` (their top folder and tests/), so that the next
+    edition's schedule.py, conftest.py, test_schedule.py... are imported afresh instead of the cached ones
+    of an earlier edition. Only those two folders: a virtual environment inside the checkout (.venv/)
+    holds numpy and torch, which cannot be imported twice."""
+    folders = {folder.resolve() for root in roots for folder in (Path(root), Path(root) / "tests")}
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if name != "__main__" and file and any(Path(file).is_relative_to(root) for root in roots):
+        if name != "__main__" and file and Path(file).resolve().parent in folders:
             del sys.modules[name]
 
 
@@ -173,10 +177,15 @@ def test_solutions_put_back_give_the_reference(tmp_path):
     taken_out = make_edition(SOURCE, tmp_path)
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert written == sorted(edition_files(SOURCE)) and Path("tests/conftest.py") in written
-    assert not {"make_assignment.py", "tests/test_assignment.py"} & {p.as_posix() for p in written}
+    names = {p.as_posix() for p in written}
+    assert not {"make_assignment.py", "bench.py", "tests/test_assignment.py", "LAB.md"} & names
+    assert {"README.md", "HANDOUT.md", "reference/checkpoint.pt"} <= names
     changed = 0
     for rel in written:
         reference, edition = (SOURCE / rel).read_bytes(), (tmp_path / rel).read_bytes()
+        if rel.suffix == ".md":  # the instructors' blocks are left out, and nothing else changes
+            assert "INSTRUCTORS -->" not in edition.decode()
+            reference = for_students(reference.decode()).encode()
         if rel.suffix == ".py":
             name, text = rel.as_posix(), edition.decode()
             for r in find_regions(name, text):  # each solution is one raise, at the indentation of BEGIN

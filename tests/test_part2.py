@@ -28,8 +28,9 @@ def weights(run_dir):
     return ckpt
 
 
-def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path):
+def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path, capsys):
     run(["--steps", "3", "--name", "tiny"], mnist_dir, tmp_path)
+    assert "sampling 4 images, ddpm: step 20/20" in capsys.readouterr().err  # the sampler's progress line
     out = tmp_path / "tiny"
     for name in ["checkpoint.pt", "samples.png", "samples.npy", "trajectory.png", "forward.png", "loss.png",
                  "config.json", "summary.json"]:
@@ -70,6 +71,31 @@ def test_a_conditional_model_draws_the_labels_it_is_asked_for(mnist_dir, tmp_pat
     run(["--sample-from", str(tmp_path / "c"), "--labels", "3", "7", "--guidance", "2", "--sampler", "ddim",
          "--sampling-steps", "4"], mnist_dir, tmp_path)
     assert (tmp_path / "c" / "samples" / "ddim4-n4-seed0" / "samples.png").is_file()
+
+
+def test_the_reference_checkpoint_samples_digits_and_cannot_be_resumed(mnist_dir, tmp_path):
+    """reference/checkpoint.pt (bench.py reference) is small, loads, and DDIM-10 on it gives finite images
+    in [-1, 1]; it holds no optimiser state, so --resume refuses it in one line."""
+    path = ROOT / "reference" / "checkpoint.pt"
+    assert path.stat().st_size <= 3e6, f"{path} is {path.stat().st_size / 1e6:.1f} MB; keep it to 3 MB"
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "checkpoint.pt").write_bytes(path.read_bytes())  # sampling writes beside it
+    part2_diffusion.main(["--sample-from", str(tmp_path / "ref"), "--sampler", "ddim", "--sampling-steps",
+                          "10", "--n", "8", "--data-dir", str(tmp_path)])
+    samples = np.load(tmp_path / "ref" / "samples" / "ddim10-n8-seed0" / "samples.npy")
+    assert samples.shape == (8, 1, 28, 28) and np.isfinite(samples).all()
+    assert samples.min() >= -1 and samples.max() <= 1 and samples.std() > 0.3  # digits, not a flat image
+    r = cli("--resume", str(tmp_path / "ref"), "--data-dir", str(mnist_dir), cwd=tmp_path)
+    assert r.returncode == 2 and "--sample-from" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        part2_diffusion.get_args(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for option in text.split("\n  -")[1:]:
+        assert option.count("default") <= 1, option
 
 
 def cli(*argv, cwd):
