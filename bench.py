@@ -1,4 +1,4 @@
-"""Benchmarks: measure and print the figures the README quotes. Not tests: nothing here asserts.
+"""Benchmarks: measure and print the figures BENCHMARKS.md quotes. Not tests: nothing here asserts.
 
     python bench.py part1     # Part 1: the MSE floor of the 1-3-3-1 net, the default recipe over 20 seeds
     python bench.py unet      # the U-Net's training and inference throughput (and diffusers', if installed)

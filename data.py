@@ -17,8 +17,31 @@ checked against the canonical MD5 sums in MD5, and written atomically (a tempora
 interrupted download never leaves half a file behind. Local files are checked by their structure (magic
 number, header, size, shape), not by MD5, because a re-compressed copy has different bytes but the same data.
 
-With no data and no internet, load(..., fallback=True) returns digits rendered from matplotlib's bundled
-fonts (`synthetic_digits`) and says loudly that they are not MNIST.
+The files: MNIST and Fashion-MNIST are the four IDX files train-images-idx3-ubyte,
+train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte; CIFAR-10 is data_batch_1
+... data_batch_5 and test_batch, or the tarball cifar-10-python.tar.gz itself, which is read without
+being extracted (one file to keep, not a second copy of 180 MB that could drift from it). A download
+fetches only the split a run needs, with a progress line: MNIST about 11 MB, Fashion-MNIST 30 MB,
+CIFAR-10 170 MB; a failed or damaged download leaves nothing behind, and the next mirror is tried.
+Nothing else is cached: decoding MNIST from its .gz files takes about a second. The structure
+checks: the IDX magic number (2051 for images, 2049 for labels), the header's sizes against the
+file's length, 28 x 28 images, labels 0-9, as many labels as images. A file that fails one stops the
+run with one line naming the file and the fix (delete it and let it download again, or copy a good
+one), exit status 2.
+
+On a machine without internet: copy the four MNIST files into data/mnist/, or point --data-dir at the
+folder that holds them (if torchvision downloaded MNIST to ~/datasets/MNIST/raw/, --data-dir ~/datasets
+finds it). To fetch them once on a machine with internet (this fills data/mnist/):
+
+    python -c "import data; data.load('mnist'); data.load('mnist', train=False)"
+
+With no data and no internet, load(..., fallback=True) returns digits rendered from matplotlib's
+bundled fonts (`synthetic_digits`: DejaVu, STIX and Computer Modern, plain, bold and slanted, each
+randomly rotated, scaled, slanted, shifted, warped and given an MNIST-like pen width; labelled and
+reproducible), prints a loud warning, once, that they are not MNIST and how to get MNIST, and
+reports the dataset it used as "synthetic-digits". Samples and scores from them are not comparable
+with MNIST results. part2_diffusion.py falls back only when no --dataset was named; a named dataset
+that cannot be had stops the run with one line saying where it looked and what to copy where.
 """
 import functools
 import gzip

@@ -5,7 +5,7 @@ figure (PNG) and the numbers (JSON) under runs/experiments/.
     python experiments.py gan         # the DDPM against a DCGAN (gan_baseline.py) for the same wall-clock
 
 Both need real MNIST and the classifier of metrics.py in --data-dir (it is trained on first use). They are
-slow on a CPU (see each one's --help); their figures in the README say where they were measured.
+slow on a CPU: each one's --help says how slow, and gives a shorter variant.
 """
 import argparse
 

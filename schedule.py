@@ -10,7 +10,21 @@ alpha_bar_T. alpha_bar_0 = 1 (no noise yet) is not stored; it appears as `alphas
 Every coefficient is computed once, in float64, and kept on the CPU; each function gathers the values at
 t and only then casts them to the dtype and device of x, so float32 sampling still gets exact tables.
 
+Two choices the paper does not make for you. Clipping: by default the samplers clamp the predicted
+x_0 to [-1, 1] before taking the posterior mean, as the authors' code does (Algorithm 2 does not).
+Early in sampling x_0 is predicted by dividing by sqrt(alpha_bar_t), which is 0.006 at t = T-1
+(linear), so any error in eps is blown up far outside the data range; clip_x0=False gives Algorithm
+2 exactly. DDIM steps: ddim_timesteps is "trailing" (Lin et al. 2024). It starts at t = T-1, the
+only step whose x_t really is close to N(0, I) (10 steps of 1000: 999, 899, ..., 99), and the last
+step jumps straight to x_0 (alpha_bar = 1), so no noise is left in the output.
+
     python schedule.py                   # figure comparing the schedules -> runs/schedules.png
+
+The figure: alpha_bar_t and log SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)) against t for each
+schedule (top), and one digit (the first MNIST training image from $MNIST_DIR or --mnist-dir; a
+drawn "3" without either) noised by q(x_t | x_0) at seven t, with the same noise under every
+schedule, so only the schedule differs (bottom). The script also prints alpha_bar at t = 0 and T-1
+and the log SNR range.
 """
 import argparse
 import gzip

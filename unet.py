@@ -27,6 +27,12 @@ Each level halves the image side, so S must be divisible by 2 ** (levels - 1): w
 28 -> 14 -> 7 (MNIST) and 32 -> 16 -> 8 (CIFAR-10). The channel count of level i is
 base_channels * channel_mults[i]. `attention` lists the levels (0 = full resolution) whose ResBlocks are
 followed by self-attention; the middle block has attention when the lowest level is listed.
+
+The last convolution starts at zero, so the untrained net predicts eps = 0. The "cpu" preset (base
+16 channels, multipliers 1, 2, 4: 495,521 parameters) was chosen by measurement, training in turns
+on MNIST against CPU time on one thread: 32 channels and batch 128 fell behind, 24 channels trailed
+16; scale-and-shift time injection, a zero-initialised second convolution and dropping attention
+ended within noise of the plain form, so the plain form stayed.
 """
 import argparse
 import math
