@@ -121,19 +121,53 @@ class Attention(nn.Module):
         return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
 
 
-class Level(nn.Module):
-    """One rung of the U: `n` ResBlocks, each followed by attention or nothing, then a resampling layer."""
+class CrossAttention(nn.Module):
+    """The image reads the prompt: queries from the image features, keys and values from the text
+    encoder's token vectors (Rombach et al. 2022, Section 3.3; Stable Diffusion's way in for the text).
 
-    def __init__(self, channels_in, ch, n, emb_dim, dropout, groups, attention, resample):
+    x: (B, ch, H, W), context: (B, L, context_dim), mask: (B, L) bool, True for real tokens ->
+    (B, ch, H, W): x plus, at each position, a mix of the tokens' values weighted by how well their keys
+    match that position's query. Padded tokens get weight exactly 0. One head, written out by hand.
+    """
+
+    def __init__(self, ch, context_dim, groups):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.q = nn.Linear(ch, ch)
+        self.k = nn.Linear(context_dim, ch)
+        self.v = nn.Linear(context_dim, ch)
+        self.proj = nn.Linear(ch, ch)
+
+    def forward(self, x, context, mask):
+        B, C, H, W = x.shape
+        q = self.q(self.norm(x).reshape(B, C, H * W).transpose(1, 2))     # (B, HW, C)
+        k, v = self.k(context), self.v(context)                            # (B, L, C) each
+        scores = q @ k.transpose(1, 2) / math.sqrt(C)                      # (B, HW, L)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))      # exp(-inf) = 0: padding
+        weights = scores.softmax(dim=-1)                                   # over the L tokens
+        h = self.proj(weights @ v)                                         # (B, HW, C)
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Level(nn.Module):
+    """One rung of the U: `n` ResBlocks, each followed by attention or nothing (and, on a text-conditioned
+    net, cross-attention to the prompt), then a resampling layer."""
+
+    def __init__(self, channels_in, ch, n, emb_dim, dropout, groups, attention, resample,
+                 context_dim=None):
         super().__init__()
         self.res = nn.ModuleList(ResBlock(channels_in if i == 0 else ch, ch, emb_dim, dropout, groups)
                                  for i in range(n))
         self.attn = nn.ModuleList(Attention(ch, groups) if attention else nn.Identity() for _ in range(n))
+        self.cross = nn.ModuleList(CrossAttention(ch, context_dim, groups) for _ in range(n)) \
+            if attention and context_dim else None
         self.resample = resample
 
-    def forward(self, h, emb):
-        for res, attn in zip(self.res, self.attn):
+    def forward(self, h, emb, context=None, mask=None):
+        for i, (res, attn) in enumerate(zip(self.res, self.attn)):
             h = attn(res(h, emb))
+            if self.cross is not None:
+                h = self.cross[i](h, context, mask)
         return h
 
 
@@ -157,10 +191,14 @@ class UNet(nn.Module):
     forward(x, t, y=None): x (B, in_channels, image_size, image_size) float, t (B,) timesteps 0..T-1,
     y (B,) labels 0..num_classes-1, or num_classes = "no label" (also what y=None means on a conditional
     model; classifier-free guidance mixes the two predictions). Returns eps, the same shape as x.
+    With context_dim (Part 3), forward(x, t, context=tokens, mask=mask) also reads a prompt: the text
+    encoder's tokens (B, L, context_dim) and mask (B, L), through cross-attention at the `attention`
+    levels. Without it the network, its weights and its checkpoints are those of Part 2.
     """
 
     def __init__(self, *, image_size=28, in_channels=1, base_channels=16, channel_mults=(1, 2, 4),
-                 num_res_blocks=1, attention=(2,), dropout=0.0, num_classes=None, norm_groups=8):
+                 num_res_blocks=1, attention=(2,), dropout=0.0, num_classes=None, norm_groups=8,
+                 context_dim=None):
         super().__init__()
         channel_mults, attention = list(channel_mults), sorted(set(attention))
         levels = len(channel_mults)
@@ -181,11 +219,17 @@ class UNet(nn.Module):
         check(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}")
         check(num_classes is None or (isinstance(num_classes, int) and num_classes >= 1),
               f"num_classes must be None (unconditional) or a positive int, got {num_classes!r}")
+        check(context_dim is None or (isinstance(context_dim, int) and context_dim >= 1 and attention),
+              f"context_dim must be None or a positive int, with at least one attention level for the "
+              f"cross-attention; got context_dim={context_dim!r}, attention={attention}")
         self.config = dict(image_size=image_size, in_channels=in_channels, base_channels=base_channels,
                            channel_mults=channel_mults, num_res_blocks=num_res_blocks, attention=attention,
                            dropout=dropout, num_classes=num_classes, norm_groups=norm_groups)
+        if context_dim:  # only then, so that Part 2's configurations stay as they were
+            self.config["context_dim"] = context_dim
         emb_dim = 4 * base_channels
-        args = dict(n=num_res_blocks, emb_dim=emb_dim, dropout=dropout, groups=norm_groups)
+        args = dict(n=num_res_blocks, emb_dim=emb_dim, dropout=dropout, groups=norm_groups,
+                    context_dim=context_dim)
 
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # One row per class plus the null label (index num_classes), learned like any other row.
@@ -200,6 +244,8 @@ class UNet(nn.Module):
         mid = chans[-1]
         self.mid1 = ResBlock(mid, mid, emb_dim, dropout, norm_groups)
         self.mid_attn = Attention(mid, norm_groups) if levels - 1 in attention else nn.Identity()
+        self.mid_cross = CrossAttention(mid, context_dim, norm_groups) \
+            if context_dim and levels - 1 in attention else None
         self.mid2 = ResBlock(mid, mid, emb_dim, dropout, norm_groups)
         # Decoder, stored in the same order as the encoder (up[i] mirrors down[i]) but run from the bottom.
         # Its first ResBlock takes the concatenation [h, skip from down[i]]; upsampling leads to level i-1.
@@ -214,9 +260,13 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x, t, y=None):
-        """x (B, C, S, S), t (B,), y (B,) or None -> eps (B, C, S, S). Shapes per stage: `python unet.py`."""
+    def forward(self, x, t, y=None, context=None, mask=None):
+        """x (B, C, S, S), t (B,), y (B,) or None -> eps (B, C, S, S). Shapes per stage: `python unet.py`.
+        context (B, L, context_dim) and mask (B, L): the prompt, for a net built with context_dim."""
         self._check_inputs(x, t, y)
+        check((context is None) == ("context_dim" not in self.config) and (context is None) == (mask is None),
+              "give context and mask exactly when the net was built with context_dim")
+        text = dict(context=context, mask=mask)
         emb = self.time_mlp(timestep_embedding(t, self.config["base_channels"]))      # (B, 4 * base)
         if self.label_emb is not None:
             if y is None:
@@ -226,12 +276,15 @@ class UNet(nn.Module):
         h = self.stem(x)                                      # (B, chans[0], S, S)
         skips = []
         for level in self.down:                               # S -> S/2 -> ... ; channels grow
-            h = level(h, emb)
+            h = level(h, emb, **text)
             skips.append(h)
             h = level.resample(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # lowest resolution
+        h = self.mid_attn(self.mid1(h, emb))                  # lowest resolution
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, context, mask)
+        h = self.mid2(h, emb)
         for level in reversed(self.up):                       # back up: concat the skip of the same size
-            h = level(torch.cat([h, skips.pop()], dim=1), emb)
+            h = level(torch.cat([h, skips.pop()], dim=1), emb, **text)
             h = level.resample(h)
         return self.out(h)                                    # (B, C, S, S)
 
