@@ -28,12 +28,13 @@ Each level halves the image side, so S must be divisible by 2 ** (levels - 1): w
 base_channels * channel_mults[i]. `attention` lists the levels (0 = full resolution) whose ResBlocks are
 followed by self-attention; the middle block has attention when the lowest level is listed.
 """
-import argparse
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from outputs import arg_parser, run_main
 
 # Two configurations; override image_size, in_channels and num_classes for other data, e.g.
 # UNet(**dict(PRESETS["cpu"], image_size=32, in_channels=3, num_classes=10)).
@@ -251,11 +252,11 @@ def check(ok, message):
         raise ValueError(message)
 
 
-def main():
-    p = argparse.ArgumentParser(description="Walk a U-Net preset: print every stage's output shape and "
+def main(argv=None):
+    p = arg_parser(description="Walk a U-Net preset: print every stage's output shape and "
                                             "parameter count, in the order the forward pass runs them.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="which configuration to build")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = PRESETS[args.preset]
     torch.manual_seed(0)
     model = UNet(**cfg).eval()
@@ -286,4 +287,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
