@@ -9,7 +9,7 @@ Run them on a quiet machine: other work on the same cores changes every timing.
 """
 import argparse
 
-from outputs import run_main
+from outputs import arg_parser, run_main
 import sys
 
 
@@ -29,7 +29,7 @@ def bench_part1(argv):
     import torch
 
     import part1_inversion as p1
-    p = argparse.ArgumentParser(prog="bench.py part1", description=bench_part1.__doc__)
+    p = arg_parser(prog="bench.py part1", description=bench_part1.__doc__)
     p.add_argument("--seeds", type=int, default=20, help="seeds of the default recipe (default 20)")
     p.add_argument("--floor-searches", type=int, default=4, help="independent floor searches (default 4)")
     p.add_argument("--floor-restarts", type=int, default=32, help="spline starts per floor search (default 32)")
@@ -145,7 +145,7 @@ def bench_unet(argv):
     import torch
 
     from unet import PRESETS, UNet
-    p = argparse.ArgumentParser(prog="bench.py unet", description=bench_unet.__doc__)
+    p = arg_parser(prog="bench.py unet", description=bench_unet.__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="which unet.py preset to measure")
     p.add_argument("--batch", type=int, default=128, help="training batch size")
     p.add_argument("--infer-batch", type=int, default=64, help="batch size of the inference timing")
@@ -238,7 +238,7 @@ def bench_train(argv):
     import metrics
     import part2_diffusion
 
-    p = argparse.ArgumentParser(prog="bench.py train", description=bench_train.__doc__)
+    p = arg_parser(prog="bench.py train", description=bench_train.__doc__)
     p.add_argument("--data-dir", default="data", help="folder with MNIST (and mnist-classifier.pt)")
     p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES, help="total training time")
     p.add_argument("--segments", type=int, default=4, help="how many times to stop and measure")
@@ -370,8 +370,8 @@ def bench_reference(argv):
     import part2_diffusion
     from outputs import atomic_write
 
-    p = argparse.ArgumentParser(prog="bench.py reference", description=bench_reference.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arg_parser(prog="bench.py reference", description=bench_reference.__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data", help="folder with MNIST (default data)")
     p.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
     p.add_argument("--out", default="reference", help="folder of the checkpoint (default reference)")
@@ -423,7 +423,7 @@ BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "refe
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arg_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=sorted(BENCHES), help="which benchmark to run")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="its flags: `python bench.py NAME --help`")
     args = parser.parse_args()

@@ -423,6 +423,9 @@ def load(name="mnist", data_dir="data", train=True, download=True, fallback=Fals
         why = "the download failed"
     if source is not None:
         images, labels = _read_cifar(source, train) if name == "cifar10" else _read_idx_pair(source)
+        if len(images) == 0:  # well-formed, but nothing to learn from or to draw a batch from
+            where = source if name == "cifar10" else source[0]
+            raise DataError(f"{where}: holds 0 images; {FIX}")
         return images, labels, name
     if fallback and name == "mnist":
         _warn_synthetic(data_dir, why)

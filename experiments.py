@@ -9,7 +9,7 @@ slow on a CPU: each one's --help says how slow, and gives a shorter variant.
 """
 import argparse
 
-from outputs import run_main
+from outputs import arg_parser, run_main
 
 
 # --- schedules ---------------------------------------------------------------------------------------
@@ -51,8 +51,9 @@ def schedules_experiment(argv):
     from outputs import UserError, check_writable, save_json
     from schedule import SCHEDULES
 
-    p = argparse.ArgumentParser(prog="experiments.py schedules", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description=inspect.cleandoc(schedules_experiment.__doc__))
+    p = arg_parser(prog="experiments.py schedules",
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   description=inspect.cleandoc(schedules_experiment.__doc__))
     p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES), help="schedules to compare")
     p.add_argument("--steps", type=int, default=2000,
                    help=f"training steps per schedule, batch {part2_diffusion.BATCH_SIZE} (default 2000)")
@@ -106,8 +107,11 @@ def schedules_experiment(argv):
 
     def measure(name, phase, argv, summary_path):
         """Run part2_diffusion.main(argv) (its stdout kept quiet: the row says it all), add its row, save."""
+        summary_path.unlink(missing_ok=True)  # an earlier segment's
         with contextlib.redirect_stdout(io.StringIO()):
             part2_diffusion.main(argv)
+        if not summary_path.exists():  # Ctrl-C or SIGTERM: part2 saved its checkpoint and stopped
+            raise UserError(f"interrupted; what was measured is in {json_path}")
         s = json.loads(summary_path.read_text())
         m = s["metrics"]
         sampler = "DDPM" if s["sampler"] == "ddpm" else "DDIM"
@@ -233,8 +237,8 @@ def gan_experiment(argv):
     import part2_diffusion
     from outputs import UserError, check_writable, save_json
 
-    p = argparse.ArgumentParser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arg_parser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES,
                    help=f"training minutes of every run, DDPM and DCGAN (default {part2_diffusion.MINUTES})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="DCGAN seeds (default 0 1 2)")
@@ -262,6 +266,8 @@ def gan_experiment(argv):
 
     def add_row(method, seed, folder):
         """The row of the run (or the sampling) whose summary.json is in folder."""
+        if not (folder / "summary.json").exists():  # Ctrl-C or SIGTERM stopped it before sampling
+            raise UserError(f"{method}, seed {seed}: interrupted before sampling")
         s = json.loads((folder / "summary.json").read_text())
         rows.append(dict(method=method, seed=seed, steps=s["steps"], sampling_steps=s["sampling_steps"],
                          sampling_seconds=s["sampling_seconds"], train_seconds=s.get("train_seconds"), **s["metrics"]))
@@ -374,7 +380,7 @@ EXPERIMENTS = {"schedules": schedules_experiment, "gan": gan_experiment}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arg_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=sorted(EXPERIMENTS), help="which experiment to run")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="its flags: `python experiments.py NAME --help`")
     args = parser.parse_args()

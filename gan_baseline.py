@@ -21,10 +21,8 @@ oscillate, diverge, or settle on a few kinds of digit (mode collapse). experimen
 Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy, loss.png,
 config.json and summary.json. Images are in [-1, 1], as in data.py and part2_diffusion.py.
 """
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +32,8 @@ import torch.nn.functional as F
 import data
 import part2_diffusion
 import plots
-from outputs import HelpFormatter, UserError, atomic_write, check_writable, run_main, save_figure, save_json
+from outputs import (HelpFormatter, UserError, arg_parser, atomic_write, finite_float, run_main,
+                     save_figure, save_json)
 
 # Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps). WIDTH 32 runs
 # ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in 10 minutes the small pair
@@ -80,13 +79,13 @@ def dcgan_init(module):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = arg_parser(
         description="Train a DCGAN (Radford et al. 2015) on MNIST, the baseline for Part 2's DDPM.",
         formatter_class=HelpFormatter)
     p.add_argument("--data-dir", default="data", help="where MNIST is looked for (see data.py); if it is "
                    "missing, synthetic digits are used instead, with a warning, as in part2_diffusion.py")
     p.add_argument("--steps", type=int, default=STEPS, help="total steps (one D and one G update each)")
-    p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES,
+    p.add_argument("--minutes", type=finite_float, default=part2_diffusion.MINUTES,
                    help="stop training after this many minutes (the DDPM's default budget)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="real and fake images per step")
     p.add_argument("--n", type=int, default=N_SAMPLES, help="how many images to draw after training")
@@ -104,18 +103,7 @@ def get_args(argv=None):
     return args
 
 
-def run_folder(args):
-    """A fresh folder under --runs, never an earlier run's, unless --overwrite says so (as in Part 2)."""
-    runs, name, k = Path(args.runs), args.name or "gan", 1
-    while args.name is None and (runs / name).exists():
-        k += 1
-        name = f"gan-{k}"
-    if (runs / name).exists() and any((runs / name).iterdir()) and not args.overwrite:
-        raise UserError(f"{runs / name} already holds a run; pass --overwrite or choose another --name")
-    return check_writable(runs / name, "--runs")
-
-
-def train(args, run_dir, device):
+def train(args, run_dir, device, overwrite=False):
     """Alternate one D step and one G step on fresh batches until --steps or --minutes runs out.
 
     Returns G (in eval mode: BatchNorm uses its running statistics), the run's metadata, the per-step losses
@@ -126,6 +114,8 @@ def train(args, run_dir, device):
         raise UserError(f"the DCGAN draws 1 x 28 x 28 images; {used} has {tuple(images.shape[1:])}")
     meta = dict(dataset=used, z_dim=Z_DIM, width=WIDTH, batch_size=args.batch_size, lr=LR, betas=BETAS,
                 seed=args.seed, steps=args.steps, minutes=args.minutes)
+    if overwrite:  # as in Part 2: the earlier run's files go only now, just before the first write
+        part2_diffusion.clear_old_run(run_dir)
     save_json(run_dir / "config.json", meta)
     G, D = generator().to(device), discriminator().to(device)
     G.apply(dcgan_init)
@@ -205,9 +195,13 @@ def loss_figure(history, path):
 def main(argv=None):
     args = get_args(argv)
     device = part2_diffusion.pick_device(args.device)
-    out = run_folder(args)
+    out, made = part2_diffusion.claim_run_folder(args, "gan")  # as in Part 2: never shared
     print(f"run folder: {out}", file=sys.stderr)
-    G, meta, history, trained = train(args, out, device)
+    try:
+        G, meta, history, trained = train(args, out, device, overwrite=out not in made)
+    except BaseException:
+        part2_diffusion.unclaim(made)  # failed before writing anything: no empty folder left behind
+        raise
     loss_figure(history, out / "loss.png")
     samples, seconds = sample(G, args.n, args.seed, device)
     atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, samples.numpy().astype(np.float32)))

@@ -36,7 +36,6 @@ The exercise numbers are fixed, so that adding an exercise never renumbers anoth
     10  the training loss (Algorithm 1)                   part2_diffusion.py   training_loss
 A new exercise takes the next free number (11, ...) and a line in pytest.ini's `markers`.
 """
-import argparse
 import ast
 import io
 import json
@@ -45,7 +44,7 @@ import tokenize
 from collections import namedtuple
 from pathlib import Path
 
-from outputs import UserError, atomic_write, run_main
+from outputs import UserError, arg_parser, atomic_write, check_writable, run_main
 
 SOURCE = Path(__file__).resolve().parent
 TOP_FILES = ("README.md", "HANDOUT.md", "requirements.txt", "pytest.ini", ".gitignore",
@@ -198,13 +197,14 @@ def make_edition(src, out, force=False, exercises=None):
             except SyntaxError as e:
                 raise UserError(f"{name}:{e.lineno}: the student edition of this file would not compile ({e.msg})")
 
+    check_writable(out, "OUT_DIR")  # a read-only place fails here, before the first file is written
     for rel, data in files.items():
         atomic_write(out / rel, lambda tmp, data=data: Path(tmp).write_bytes(data))
     return [(n, found[n][0], found[n][1].title) for n in sorted(wanted)]
 
 
-def main():
-    parser = argparse.ArgumentParser(
+def main(argv=None):
+    parser = arg_parser(
         description="Write the student edition of the lab: the same files, with the solution of each exercise "
                     "(a region between '# BEGIN EXERCISE N' and '# END EXERCISE') replaced by a NotImplementedError.")
     parser.add_argument("out", metavar="OUT_DIR", help="the folder to write the edition to (outside this one)")
@@ -213,7 +213,7 @@ def main():
                              "other files there are left alone")
     parser.add_argument("--exercises", type=int, nargs="+", metavar="N",
                         help="take out only these exercises (default: all); the others keep their solution")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     taken_out = make_edition(SOURCE, args.out, force=args.force, exercises=args.exercises)
     print(f"wrote the student edition to {Path(args.out).resolve()}; exercises taken out:")
     for number, where, title in taken_out:

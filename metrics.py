@@ -37,7 +37,6 @@ load_or_train_classifier(data_dir, path) returns (classifier, info), and evaluat
 classifier, test_images) a dict of every figure; part2_diffusion.py uses them to score a run when
 the classifier is cached.
 """
-import argparse
 import math
 import pickle
 import time
@@ -49,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from outputs import UserError, atomic_write, check_writable, run_main, save_json
+from outputs import UserError, arg_parser, atomic_write, check_writable, run_main, save_json
 
 # The classifier learns from train[:50000]; train[50000:] is held out (the classic 50k/10k split), so the
 # calibration's "real" row uses digits that neither the classifier nor the FID reference has seen.
@@ -153,11 +152,14 @@ def load_or_train_classifier(data_dir="data", path=None, log=print):
     if path.exists():
         try:
             info = torch.load(path, weights_only=True)
+            if not isinstance(info, dict):
+                raise TypeError(f"it holds a {type(info).__name__}, not a dict")
             model = make_classifier()
             model.load_state_dict(info.pop("state_dict"))
             log(f"classifier: {path} (trained on {info['trained_on']}; "
                 f"test accuracy {info['test_accuracy']:.2%} on {info['n_test']} digits)")
-        except (OSError, EOFError, RuntimeError, KeyError, AttributeError, pickle.UnpicklingError) as e:
+        except (OSError, EOFError, RuntimeError, KeyError, AttributeError, TypeError, ValueError,
+                pickle.UnpicklingError) as e:
             reason = " ".join(str(e).split())[:120]
             raise UserError(f"{path} is not a classifier saved by metrics.py ({reason}); "
                             f"delete it to train a new one") from None
@@ -380,7 +382,7 @@ def load_samples(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = arg_parser(
         description="Sample-quality figures in the feature space of a small MNIST classifier.",
         epilog="SAMPLES is a .npy array of digits: float (N, 1, 28, 28) or (N, 28, 28) in [-1, 1] (as "
                "part2_diffusion.py writes them), or uint8 in 0..255. The classifier is trained on first "

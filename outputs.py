@@ -5,12 +5,17 @@ written to a temporary file in the same folder and then renamed over the target.
 folder is atomic, so an interrupted run (Ctrl-C, a crash, a full disk) leaves either the old file or the
 new one, never half of one.
 
-Scripts raise `UserError` for mistakes a user can fix (a bad flag, a missing file); `run_main` turns it
-into one line on stderr and exit status 2, with no traceback. Bugs still raise normally.
+Scripts raise `UserError` for mistakes a user can fix (a bad flag, a missing file, a full disk);
+`run_main` turns it into one line on stderr and exit status 2, with no traceback. Bugs still raise
+normally. Every script builds its command line with `arg_parser`: a bad flag is one such line too.
 """
 import argparse
+import errno
 import json
+import math
 import os
+import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -24,25 +29,62 @@ class UserError(Exception):
     """A mistake the user can fix. The message names the problem and the fix, in one line."""
 
 
+class DiskFull(UserError):
+    """No space left for a file. A script may catch it to add how much space it needs in all."""
+
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))   # EDQUOT: over the user's quota
+NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)                # a read-only folder or disk
+
+
 def atomic_write(path, write):
     """Call `write(tmp_path)` to fill a temporary file, then rename it to `path`.
 
     `write` receives a str path (so torch.save, np.save, fig.savefig all work) and must create the file.
     The suffix of `path` is kept on the temporary name, because savefig and np.save infer the format
-    from it.
+    from it. A full disk or a read-only folder is a UserError naming `path`; an old file is kept.
     """
     path = Path(path)
+    try:
+        _write_then_rename(path, write)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            free = shutil.disk_usage(path.parent).free / 1e6 if path.parent.is_dir() else 0
+            raise DiskFull(f"the disk is full: cannot write {path} ({free:.0f} MB free there)") \
+                from None
+        if e.errno in NOT_ALLOWED:
+            raise UserError(f"cannot write {path} ({e.strerror}); choose a writable place") \
+                from None
+        raise
+
+
+def _write_then_rename(path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the result the usual permissions
     try:
         write(tmp)
+        # Force the bytes onto the disk before the rename: otherwise a power cut can leave the new
+        # name pointing at an empty file, and the old file already gone.
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_orphans(folder):
+    """Delete the temporary files that a writer killed outright (kill -9, a crash) left in `folder`.
+    Only atomic_write's own names match: .<stem>.<random>.tmp<suffix>."""
+    for tmp in Path(folder).glob(".*.tmp*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def save_json(path, obj):
@@ -74,6 +116,29 @@ def check_writable(folder, flag="--out"):
     return folder
 
 
+def arg_parser(**kwargs):
+    """An argparse.ArgumentParser whose own complaints (an invalid choice, a missing value, an
+    unknown flag) are UserErrors: one line and exit 2 like any other mistake, not a usage block."""
+    parser = argparse.ArgumentParser(**kwargs)
+
+    def fail(message):
+        raise UserError(message)
+    parser.error = fail
+    return parser
+
+
+def finite_float(text):
+    """argparse type for float flags: a number, and not NaN or infinity. float() accepts "nan" and
+    "inf", and NaN passes every range check, since every comparison with it is False."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help that states each default once: "(default: X)" is added only when the help text does not
     already name the default, and never for flags whose default is None or False (nothing to say)."""
@@ -84,10 +149,47 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# --- the progress line, and how a script ends ------------------------------------------------
+
+_line_open = False  # is a progress line on stderr waiting for its newline?
+
+
+def progress(text):
+    """Redraw the one-line progress display on stderr (a carriage return goes back to its start)."""
+    global _line_open
+    print(f"\r{text} ", end="", file=sys.stderr, flush=True)
+    _line_open = True
+
+
+def end_progress():
+    """End the progress line, so that whatever is printed next starts on a line of its own."""
+    global _line_open
+    if _line_open:
+        print(file=sys.stderr)
+        _line_open = False
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_main(main):
-    """Run `main()`; turn a UserError into 'error: ...' on stderr and exit status 2."""
+    """Run `main()`; turn a UserError into 'error: ...' on stderr and exit status 2.
+
+    SIGTERM (from `kill`, `docker stop`, SLURM, a closing terminal) is treated like Ctrl-C: either
+    ends the script with one line and exit status 130 (128 + SIGINT), not a traceback. atomic_write
+    never leaves half a file behind; a script that can save its work first (training) catches both
+    itself."""
+    old = signal.signal(signal.SIGTERM, _sigterm)
     try:
         main()
     except UserError as e:
+        end_progress()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        end_progress()
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old)

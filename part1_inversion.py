@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from outputs import UserError, check_writable, run_main, save_figure, save_json
+from outputs import UserError, arg_parser, check_writable, run_main, save_figure, save_json
 
 # float64: the fits reach MSE ~2e-6, and L-BFGS decides when to stop from loss changes far below that; in
 # float32 those decisions drown in rounding. A 22-weight net costs the same in either precision.
@@ -387,7 +387,8 @@ EXPERIMENTS = {"fit": run_fit, "outside": run_outside, "non-invertible": run_non
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # arg_parser: argparse's own complaints become the same one-line error (exit 2, no usage dump)
+    parser = arg_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="fit", choices=list(EXPERIMENTS),
                         help="fit (default): learn arcsin and score it; outside: predict for y in [-2, 2]; "
                              "non-invertible: train on x in [-pi, pi]; capacity: hidden (3,3), (8,8), (32,32)")
@@ -404,9 +405,6 @@ def parse_args(argv):
     parser.add_argument("--hops", type=int, default=HOPS,
                         help=f"refits of the best net with one kink moved (default {HOPS})")
 
-    def fail(message):  # argparse's own complaints become the same one-line error (exit 2, no usage dump)
-        raise UserError(message)
-    parser.error = fail
     args = parser.parse_args(argv)
     if args.n is None:
         args.n = N_NON_INVERTIBLE if args.experiment == "non-invertible" else N_SAMPLES

@@ -12,9 +12,10 @@ Ho et al. (2020), the training loop, and the housekeeping around it: checkpoints
 Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy, trajectory.png,
 forward.png, loss.png, config.json and summary.json.
 """
-import argparse
 import copy
+import io
 import math
+import shutil
 import signal
 import sys
 import time
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 import data
 import metrics
 import plots
-from outputs import HelpFormatter, UserError, atomic_write, check_writable, run_main, save_json
-from schedule import SCHEDULES, Schedule, classifier_free_guidance
+from outputs import (DiskFull, HelpFormatter, UserError, arg_parser, atomic_write, check_writable,
+                     end_progress, finite_float, progress, remove_orphans, run_main, save_json)
+from schedule import MAX_T, SCHEDULES, Schedule, classifier_free_guidance
 from unet import PRESETS, UNet
 
 # Defaults, chosen by measurement on a 2-core laptop CPU (see the README's "How long must I train?").
@@ -40,6 +42,7 @@ BATCH_SIZE = 64
 LR = 2e-3
 WARMUP = 100          # steps of linear learning-rate warm-up: Adam's first steps are noisy
 EMA_DECAY = 0.999
+P_UNCOND = 0.1        # with --conditional: how often a label is dropped in training
 GRAD_CLIP = 1.0
 STEPS = 20000        # on a CPU, --minutes stops training first; on a GPU, this does
 MINUTES = 10.0       # 10 minutes of training + ~3 of DDPM sampling: under 15 on a 2-core CPU
@@ -48,7 +51,7 @@ N_SAMPLES = 64
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = arg_parser(
         description="Train a DDPM (Ho et al. 2020) on MNIST and sample digits from pure noise.",
         formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
@@ -56,23 +59,34 @@ def get_args(argv=None):
                    help=f"dataset to learn (default {DATASET}; if MNIST cannot be found or downloaded, "
                         "a built-in synthetic digits set is used instead, with a warning)")
     g.add_argument("--data-dir", default="data", help="where datasets are looked for and downloaded to")
-    g = p.add_argument_group("model and noise schedule")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=PRESET, help="U-Net size (see unet.py)")
-    g.add_argument("--schedule", choices=SCHEDULES, default=SCHEDULE, help="how beta_t grows with t")
-    g.add_argument("--T", type=int, default=T, help="number of diffusion steps")
-    g.add_argument("--conditional", action="store_true",
+    # The flags that define a run default to None here. settle_flags fills them in: from the
+    # defaults for a new run, from the checkpoint for --resume and --sample-from (refusing a flag
+    # that differs).
+    g = p.add_argument_group("model and noise schedule",
+                             "--resume and --sample-from keep the run's own")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help=f"U-Net size (see unet.py; default {PRESET})")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help=f"how beta_t grows with t (default {SCHEDULE})")
+    g.add_argument("--T", type=int, default=None, help=f"number of diffusion steps (default {T})")
+    g.add_argument("--conditional", action="store_true", default=None,
                    help="condition on the class label (enables --labels and --guidance when sampling)")
-    g.add_argument("--p-uncond", type=float, default=0.1,
-                   help="with --conditional: how often the label is dropped in training, "
-                        "so one network also learns the unconditional eps (classifier-free guidance)")
+    g.add_argument("--p-uncond", type=finite_float, default=None,
+                   help="with --conditional: how often the label is dropped in training, so one "
+                        "network also learns the unconditional eps (classifier-free guidance; "
+                        f"default {P_UNCOND})")
     g = p.add_argument_group("training (Algorithm 1)")
     g.add_argument("--steps", type=int, default=STEPS, help="total optimiser steps to train for")
-    g.add_argument("--minutes", type=float, default=MINUTES,
+    g.add_argument("--minutes", type=finite_float, default=MINUTES,
                    help="stop training after this many minutes, even if --steps is not reached")
-    g.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per optimiser step")
-    g.add_argument("--lr", type=float, default=LR, help="AdamW peak learning rate")
-    g.add_argument("--ema", type=float, default=EMA_DECAY,
-                   help="decay of the exponential moving average of the weights used for sampling")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per optimiser step (default {BATCH_SIZE}; --resume keeps the "
+                        "run's)")
+    g.add_argument("--lr", type=finite_float, default=None,
+                   help=f"AdamW peak learning rate (default {LR}; --resume keeps the run's)")
+    g.add_argument("--ema", type=finite_float, default=None,
+                   help="decay of the exponential moving average of the weights used for sampling "
+                        f"(default {EMA_DECAY}; --resume keeps the run's)")
     g.add_argument("--ckpt-every", type=int, default=500, help="save a checkpoint every this many steps")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue training the run in RUN_DIR")
     g = p.add_argument_group("sampling (Algorithm 2, or DDIM)")
@@ -80,42 +94,97 @@ def get_args(argv=None):
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default=SAMPLER,
                    help="ddpm: all T stochastic steps; ddim: --sampling-steps deterministic steps")
     g.add_argument("--sampling-steps", type=int, default=50, help="DDIM steps (at most T)")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    g.add_argument("--eta", type=finite_float, default=0.0,
+                   help="DDIM noise, in [0, 1]: 0 deterministic, 1 like DDPM")
     g.add_argument("--n", type=int, default=N_SAMPLES, help="how many images to draw")
     g.add_argument("--labels", type=int, nargs="+",
                    help="conditional models: class labels to draw, cycled over the --n images")
-    g.add_argument("--guidance", type=float, default=None,
+    g.add_argument("--guidance", type=finite_float, default=None,
                    help="conditional models: guidance scale s (1 = plain conditional, >1 sharper)")
     g = p.add_argument_group("run")
     g.add_argument("--name", default=None, help="run folder name under --runs (default: ddpm, ddpm-2, ...)")
     g.add_argument("--runs", default="runs", help="folder that holds the run folders")
-    g.add_argument("--overwrite", action="store_true", help="allow reusing an existing run folder")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in an existing folder (its files are removed when the new "
+                        "run starts)")
     g.add_argument("--seed", type=int, default=0, help="seed for weights, batches, noise and samples")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     return p.parse_args(argv)
 
 
 def check_args(args):
-    """Reject bad flags before any minute of training is spent."""
+    """Reject bad flags before any minute of training is spent. Float flags are finite by now:
+    finite_float refuses NaN and infinity as the command line is read (NaN passes any check)."""
     for flag in ("n", "T", "steps", "batch_size", "sampling_steps", "ckpt_every"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.minutes <= 0 or args.lr <= 0:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.T is not None and args.T > MAX_T:  # refuse before the schedule's tables fill the memory
+        raise UserError(f"--T {args.T} is too large; at most {MAX_T} (the papers use 1000 to 4000)")
+    if args.minutes <= 0 or (args.lr is not None and args.lr <= 0):
         raise UserError("--minutes and --lr must be positive")
-    if not 0 <= args.ema < 1:
+    if args.ema is not None and not 0 <= args.ema < 1:
         raise UserError(f"--ema must be in [0, 1), got {args.ema}")
-    if args.sampler == "ddim" and args.sampling_steps > args.T:
-        raise UserError(f"--sampling-steps {args.sampling_steps} exceeds T = {args.T}; use at most T")
+    for flag in ("eta", "p_uncond"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
     if args.resume and args.sample_from:
         raise UserError("--resume and --sample-from are exclusive: train more, or only sample")
 
 
-def check_conditioning(args, conditional):
-    """--labels and --guidance only mean something for a class-conditional model."""
+def run_defaults():
+    """The flags that define a run, and their defaults for a new one (looked up when called, so that
+    a test or a script can change the module's defaults)."""
+    return dict(preset=PRESET, schedule=SCHEDULE, T=T, conditional=False, p_uncond=P_UNCOND,
+                batch_size=BATCH_SIZE, lr=LR, ema=EMA_DECAY)
+
+
+def stored_flags(meta):
+    """What a checkpoint's metadata says those flags were (and --dataset); preset None if it is none
+    of unet.py's presets."""
+    cfg = meta["model_config"]
+    own = {"image_size", "in_channels", "num_classes"}  # from the data and --conditional
+    preset = next((name for name, p in PRESETS.items() if all(cfg.get(k) == v for k, v in p.items()
+                                                              if k not in own)), None)
+    return dict(preset=preset, schedule=meta["schedule"]["name"], T=meta["schedule"]["T"],
+                conditional=meta["conditional"], p_uncond=meta["p_uncond"],
+                batch_size=meta["batch_size"], lr=meta["lr"], ema=meta["ema_decay"],
+                dataset=meta["requested"])
+
+
+def settle_flags(args, meta, where):
+    """Fill in the flags that define a run: a new run (meta None) takes the defaults for those not
+    given. --resume and --sample-from (`where`) take the checkpoint's values, and refuse a flag
+    given that contradicts them, rather than ignore it silently."""
+    if meta is None:
+        for flag, default in run_defaults().items():
+            if getattr(args, flag) is None:
+                setattr(args, flag, default)
+        return
+    stored, clashes = stored_flags(meta), []
+    for flag, kept in stored.items():
+        given = getattr(args, flag)  # None: not on the command line
+        if given is not None and kept is not None and given != kept:
+            said = f"--{flag.replace('_', '-')}" + ("" if given is True else f" {given}")
+            clashes.append(f"{said} (the run has {'no --conditional' if kept is False else kept})")
+    if clashes:
+        raise UserError(f"{where} keeps the settings the run was trained with; drop the flags that "
+                        f"contradict them: {', '.join(clashes)}")
+    for flag in run_defaults():
+        setattr(args, flag, stored[flag])
+
+
+def check_sampling(args, conditional):
+    """The sampling flags against the model: --labels and --guidance need a class-conditional model,
+    and DDIM cannot take more steps than the T it was trained with."""
     if not conditional and (args.labels or args.guidance is not None):
         raise UserError("--labels and --guidance need a model trained with --conditional; this one is not")
     if args.labels and not all(0 <= y < 10 for y in args.labels):
         raise UserError(f"--labels must lie in 0..9, got {args.labels}")
+    if args.sampler == "ddim" and args.sampling_steps > args.T:
+        raise UserError(f"--sampling-steps {args.sampling_steps} exceeds T = {args.T}; "
+                        "use at most T")
 
 
 def pick_device(name):
@@ -133,28 +202,82 @@ def pick_device(name):
     return device
 
 
-def run_folder(args):
-    """A fresh folder under --runs, never an earlier run's, unless --overwrite says so."""
-    runs = Path(args.runs)
-    if args.name is None:
-        name, k = "ddpm", 1
-        while (runs / name).exists():
+# --- run folders ----------------------------------------------------------------------------------
+
+RUN_FILES = ("checkpoint.pt", "samples.png", "samples.npy", "trajectory.png", "forward.png",
+             "loss.png", "config.json", "summary.json")
+
+
+def claim_run_folder(args, prefix="ddpm"):
+    """A new folder under --runs, created here by an exclusive mkdir: of two runs started at once
+    with one --name, the second finds it taken and stops. Returns the folder and the folders this
+    made (itself, and --runs if it was missing), removed if the run fails before writing (unclaim).
+
+    With --overwrite an existing run's folder is taken instead; its files are removed only when the
+    new run is ready to write its first one (clear_old_run), so a folder never mixes two runs."""
+    made = [] if Path(args.runs).exists() else [Path(args.runs)]
+    runs = check_writable(args.runs, "--runs")
+    name, k = args.name or prefix, 1
+    while True:
+        folder = runs / name
+        try:
+            folder.mkdir(parents=True)
+            return folder, [folder] + made
+        except FileExistsError:
+            pass
+        if args.name is None:  # a default name: try the next one
             k += 1
-            name = f"ddpm-{k}"
-    else:
-        name = args.name
-        if (runs / name).exists() and any((runs / name).iterdir()) and not args.overwrite:
-            raise UserError(f"{runs / name} already holds a run; pass --overwrite or choose another --name")
-    return check_writable(runs / name, "--runs")
+            name = f"{prefix}-{k}"
+            continue
+        if not folder.is_dir():
+            raise UserError(f"{folder} is a file, not a run folder; choose another --name")
+        if not args.overwrite:
+            raise UserError(f"{folder} already exists; pass --overwrite to replace the run in it, "
+                            "or choose another --name")
+        holds_a_run = any((folder / f).exists() for f in ("config.json", "checkpoint.pt"))
+        if any(folder.iterdir()) and not holds_a_run:
+            raise UserError(f"{folder} holds no run (no config.json or checkpoint.pt), so "
+                            "--overwrite will not empty it; choose another --name")
+        return folder, made
+
+
+def unclaim(made):
+    """After a failure before any work: remove the folders claim_run_folder made, if still empty."""
+    for folder in made:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def clear_old_run(folder):
+    """--overwrite: remove the earlier run's files, and its samples/ from --sample-from. Other files
+    (notes of yours) are left alone."""
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "samples", ignore_errors=True)
+    remove_orphans(folder)
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
+CHECKPOINT_KEYS = {"meta", "model_config", "schedule", "model", "ema", "step", "history"}
+META_KEYS = {"dataset", "requested", "fallback", "model_config", "schedule", "conditional",
+             "p_uncond", "batch_size", "lr", "ema_decay"}
+
+
 def save_checkpoint(path, state):
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp):
+        # Serialise in memory, then write the bytes from Python: a full disk then raises
+        # OSError(ENOSPC), which atomic_write reports in one line (torch's own writer would raise
+        # a RuntimeError).
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        Path(tmp).write_bytes(buffer.getbuffer())
+    atomic_write(path, write)
 
 
 def load_checkpoint(run_dir):
+    """The checkpoint in run_dir, checked as far as it can be before any work: its entries, and that
+    its schedule and its U-Net can be built (a hand-edited file fails here, in one line)."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give the folder of a run that trained at least once")
@@ -162,10 +285,27 @@ def load_checkpoint(run_dir):
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); it is damaged or not ours")
-    missing = {"model_config", "schedule", "model", "ema", "step"} - set(ckpt if isinstance(ckpt, dict) else {})
+    keys = set(ckpt) if isinstance(ckpt, dict) else set()
+    missing = sorted(CHECKPOINT_KEYS - keys)
+    if not missing:
+        meta = ckpt["meta"]
+        present = set(meta) if isinstance(meta, dict) else set()
+        missing = [f"meta[{k!r}]" for k in sorted(META_KEYS - present)]
     if missing:
-        raise UserError(f"{path} is not a part2_diffusion.py checkpoint (missing {sorted(missing)})")
+        raise UserError(f"{path} is not a part2_diffusion.py checkpoint "
+                        f"(missing {', '.join(missing)})")
+    check_schedule(ckpt["meta"], path)
+    build_model(ckpt["meta"]["model_config"], ckpt["ema"], path)
     return ckpt
+
+
+def check_resumable(ckpt, run_dir):
+    if "optimizer" not in ckpt:
+        raise UserError(f"{run_dir} holds weights for sampling only (no optimiser state), so it "
+                        f"cannot be resumed; sample from it with --sample-from {run_dir}")
+    if "rng" not in ckpt:
+        raise UserError(f"{run_dir}/checkpoint.pt lacks its random-number state ('rng'), so it "
+                        f"cannot be resumed exactly; sample from it with --sample-from {run_dir}")
 
 
 def for_sampling(ckpt):
@@ -176,11 +316,29 @@ def for_sampling(ckpt):
                 model=ckpt["ema"], ema=ckpt["ema"], step=ckpt["step"], history=ckpt["history"])
 
 
+def check_schedule(meta, path):
+    stored = meta["schedule"] if isinstance(meta["schedule"], dict) else {}
+    name, T = stored.get("name"), stored.get("T")
+    if name not in SCHEDULES or not isinstance(T, int) or not 1 <= T <= MAX_T:
+        raise UserError(f"{path} names a schedule this lab cannot build ({meta['schedule']!r}); "
+                        f"it needs a name in {', '.join(SCHEDULES)} and 1 <= T <= {MAX_T}")
+
+
+def build_schedule(meta, path):
+    check_schedule(meta, path)
+    return Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
+
+
 def build_model(model_config, state_dict, path):
-    model = UNet(**model_config)
+    try:
+        model = UNet(**model_config)
+    except Exception as e:  # a hand-edited configuration can fail in any way: input, not our bug
+        reason = (str(e).splitlines() or [""])[0]
+        raise UserError(f"the model_config in {path} does not build a U-Net "
+                        f"({type(e).__name__}: {reason})") from None
     try:
         model.load_state_dict(state_dict)
-    except RuntimeError:
+    except (RuntimeError, TypeError, AttributeError):
         raise UserError(f"the weights in {path} do not fit the model configuration stored with them")
     return model
 
@@ -226,38 +384,73 @@ def training_loss(model, sched, x0, y=None):
     # END EXERCISE
 
 
-def train(args, run_dir, device, ckpt=None):
+def probe_batch(images, labels, sched, conditional):
+    """A fixed batch to test weights on: 16 images, each noised at its own t, with noise from a
+    generator of its own: testing never moves the run's random numbers (--resume stays exact)."""
+    x0 = images[:16]
+    t = torch.linspace(0, sched.T - 1, len(x0)).long()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    return sched.q_sample(x0, t, eps), t, eps, labels[:16] if conditional else None
+
+
+def gives_finite_loss(net, probe):
+    """Do these weights work? Finite weights are not enough: after a divergence they can be finite
+    and still give NaN. So: is the loss on the probe batch finite?"""
+    x_t, t, eps, y = probe
+    was_training = net.training
+    with torch.no_grad():
+        loss = F.mse_loss(net.eval()(x_t, t, y), eps)
+    net.train(was_training)
+    return bool(torch.isfinite(loss))
+
+
+def train(args, run_dir, device, ckpt=None, overwrite=False):
     """Algorithm 1: repeat { x_0 ~ data, t ~ Uniform, eps ~ N(0, I), step on ||eps - eps_theta(x_t, t)||^2 }.
 
-    Returns the EMA model (used for sampling), the schedule, the run's metadata and the loss of every step.
+    Returns the EMA model (used for sampling), the schedule, the run's metadata, the loss of every
+    step, and a dict: steps, seconds, and whether Ctrl-C or SIGTERM stopped it. overwrite: the
+    folder holds an earlier run, whose files are removed just before this run writes its first one.
     """
     images, labels, model, meta = setup(args, ckpt)
-    sched = Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
+    sched = build_schedule(meta, run_dir)
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
-    step, history = 0, []
+    step, history, saved = 0, [], None  # saved: the step of the checkpoint in run_dir, None if none
     if ckpt is not None:
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
-        step, history = ckpt["step"], list(ckpt["history"])
+        step, history, saved = ckpt["step"], list(ckpt["history"]), ckpt["step"]
+    if overwrite:
+        clear_old_run(run_dir)
     save_json(run_dir / "config.json", dict(meta, steps=args.steps, minutes=args.minutes))
     plots.forward_noising(sched, images[:4], run_dir / "forward.png")
+    probe = [p if p is None else p.to(device)
+             for p in probe_batch(images, labels, sched, meta["conditional"])]
     images, labels = images.to(device), labels.to(device)
 
+    def kept():
+        if saved is None:
+            return "no checkpoint was saved"
+        return f"the last good checkpoint, from step {saved}, is kept in {run_dir}"
+
     def save():
-        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never replace a good checkpoint
-            raise UserError(f"the weights diverged by step {step}; try a lower --lr "
-                            f"(the last good checkpoint is kept in {run_dir})")
+        """Replace the checkpoint, only with weights known to work: the model's and the EMA's."""
+        nonlocal saved
+        if not (gives_finite_loss(model, probe) and gives_finite_loss(ema, probe)):
+            raise UserError(f"the weights diverged by step {step}; try a lower --lr ({kept()})")
         save_checkpoint(run_dir / "checkpoint.pt", dict(
             meta=meta, model_config=meta["model_config"], schedule=meta["schedule"], model=model.state_dict(),
             ema=ema.state_dict(), optimizer=opt.state_dict(), step=step, history=history,
             rng=torch.get_rng_state()))
+        saved = step
 
-    # Ctrl-C finishes the current step, saves a checkpoint and leaves, instead of losing the run.
+    # Ctrl-C (SIGINT) and SIGTERM (kill, docker stop, SLURM, a closing terminal) finish the current
+    # step, save a checkpoint and stop, instead of losing the run.
     interrupted = []
-    old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    old_handlers = {sig: signal.signal(sig, lambda *_: interrupted.append(True))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
     start, first_step, smooth, last_print = time.time(), step, None, 0.0
     model.train()
     try:
@@ -269,7 +462,7 @@ def train(args, run_dir, device, ckpt=None):
             loss = training_loss(model, sched, images[idx], y)
             if not torch.isfinite(loss):  # the weights are already bad: keep the last saved checkpoint
                 raise UserError(f"the loss became {loss.item()} at step {step + 1}; try a lower --lr "
-                                f"(the last good checkpoint is kept in {run_dir})")
+                                f"({kept()})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -289,16 +482,17 @@ def train(args, run_dir, device, ckpt=None):
             if (now := time.time()) - last_print > 1 or step == args.steps:
                 rate = (step - first_step) / (now - start)
                 eta = min((args.steps - step) / rate, 60 * args.minutes - (now - start))
-                print(f"\rstep {step}/{args.steps}  loss {smooth:.4f}  {rate:.2f} steps/s  "
-                      f"ETA {eta / 60:.1f} min ", end="", file=sys.stderr, flush=True)
+                progress(f"step {step}/{args.steps}  loss {smooth:.4f}  {rate:.2f} steps/s  "
+                         f"ETA {eta / 60:.1f} min")
                 last_print = now
-        print(file=sys.stderr)
+        end_progress()
         save()
     finally:
-        signal.signal(signal.SIGINT, old_handler)
-    if interrupted:
-        print(f"interrupted: checkpoint saved at step {step}; continue with --resume {run_dir}", file=sys.stderr)
-    return ema, sched, meta, history, dict(steps=step, train_seconds=round(time.time() - start, 1))
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    trained = dict(steps=step, train_seconds=round(time.time() - start, 1),
+                   interrupted=bool(interrupted))
+    return ema, sched, meta, history, trained
 
 
 # --- sampling (Algorithm 2, or DDIM) ----------------------------------------------------------------
@@ -315,14 +509,22 @@ class Progress:
         now = time.time()
         if now - self.last > 1 or self.done == self.total:
             rate = self.done / max(now - self.start, 1e-9)
-            print(f"\r{self.what}: step {self.done}/{self.total}  {rate:.1f} steps/s  "
-                  f"ETA {(self.total - self.done) / rate / 60:.1f} min ", end="", file=sys.stderr, flush=True)
+            progress(f"{self.what}: step {self.done}/{self.total}  {rate:.1f} steps/s  "
+                     f"ETA {(self.total - self.done) / rate / 60:.1f} min")
             self.last = now
         return value
 
     def close(self):
-        if self.done:
-            print(file=sys.stderr)
+        end_progress()
+
+
+def finite(eps):
+    """The network's output, if it is finite: broken weights stop sampling at once, not after
+    minutes of drawing NaN images."""
+    if not torch.isfinite(eps).all():
+        raise UserError("the model's output is not finite (NaN or infinity): its weights are "
+                        "broken, as after a diverged training; train it again with a lower --lr")
+    return eps
 
 
 def sample(model, sched, meta, args, device):
@@ -338,7 +540,7 @@ def sample(model, sched, meta, args, device):
     chunks, trajectory, start = [], None, time.time()
     chunk = 1000 if device.type == "cuda" else 256  # a GPU is idle on small batches; a CPU is not
     steps = sched.T if args.sampler == "ddpm" else args.sampling_steps
-    progress = Progress(math.ceil(args.n / chunk) * steps, f"sampling {args.n} images, {args.sampler}")
+    meter = Progress(math.ceil(args.n / chunk) * steps, f"sampling {args.n} images, {args.sampler}")
     for i in range(0, args.n, chunk):
         shape = (min(chunk, args.n - i), c, s, s)
         if meta["conditional"]:
@@ -347,7 +549,7 @@ def sample(model, sched, meta, args, device):
                 classifier_free_guidance(model, y, args.guidance, null_label=10)
         else:
             net = lambda x, t: model(x, t)
-        eps_fn = lambda x, t, net=net: progress.tick(net(x, t))  # one network evaluation per step
+        eps_fn = lambda x, t, net=net: meter.tick(finite(net(x, t)))  # one network call a step
         kw = dict(generator=gen, device=device, record=record if i == 0 else ())
         with torch.no_grad():
             if args.sampler == "ddpm":
@@ -357,7 +559,7 @@ def sample(model, sched, meta, args, device):
         chunks.append(x.cpu())
         if i == 0:
             trajectory = traj[::max(1, len(traj) // 8)] if args.sampler == "ddim" else traj
-    progress.close()
+    meter.close()
     return torch.cat(chunks), trajectory, time.time() - start
 
 
@@ -375,35 +577,94 @@ def evaluate(samples, meta, args):
     return metrics.evaluate(samples, classifier, real_test)
 
 
+def sample_folder_name(args):
+    """The folder under samples/ for a --sample-from draw. Every flag that changes the samples is in
+    the name, so two different draws never share a folder; flags left at their defaults add nothing
+    (ddpm-n64-seed0, ddim50-n64-seed0, ddim50-eta0.5-labels3-7-guidance2-n64-seed0)."""
+    parts = [args.sampler + (str(args.sampling_steps) if args.sampler == "ddim" else "")]
+    if args.sampler == "ddim" and args.eta != 0:
+        parts.append(f"eta{args.eta:g}")
+    if args.labels:
+        parts.append("labels" + "-".join(map(str, args.labels)))
+    if args.guidance is not None:
+        parts.append(f"guidance{args.guidance:g}")
+    return "-".join(parts + [f"n{args.n}", f"seed{args.seed}"])
+
+
+def megabytes_needed(args):
+    """Roughly what a run writes: two checkpoints (the old one stays until the new one is complete),
+    each 4 bytes for every weight, EMA weight and Adam moment; then samples and ~2 MB of figures."""
+    config = dict(PRESETS[args.preset or PRESET], num_classes=10 if args.conditional else None)
+    weights = sum(p.numel() for p in UNet(**config).parameters())
+    samples = args.n * 28 * 28 * 4
+    return (samples + (0 if args.sample_from else 2 * 4 * 4 * weights)) / 1e6 + 2
+
+
 def main(argv=None):
     args = get_args(argv)
     check_args(args)
     device = pick_device(args.device)
-    if args.sample_from:
-        ckpt = load_checkpoint(args.sample_from)
-        check_conditioning(args, ckpt["meta"]["conditional"])
-        meta, history, trained = ckpt["meta"], ckpt["history"], dict(steps=ckpt["step"])
-        model = build_model(meta["model_config"], ckpt["ema"], args.sample_from).to(device).eval()
-        sched = Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
-        tag = f"{args.sampler}{args.sampling_steps if args.sampler == 'ddim' else ''}-n{args.n}-seed{args.seed}"
-        out = check_writable(Path(args.sample_from) / "samples" / tag, "--sample-from")
+    try:
+        if args.sample_from:
+            sample_from(args, device)
+        else:
+            train_then_sample(args, device)
+    except DiskFull as e:
+        raise UserError(f"{e}; this run needs about {megabytes_needed(args):.0f} MB") from None
+
+
+def sample_from(args, device):
+    ckpt = load_checkpoint(args.sample_from)
+    meta = ckpt["meta"]
+    settle_flags(args, meta, "--sample-from")
+    check_sampling(args, meta["conditional"])
+    model = build_model(meta["model_config"], ckpt["ema"], args.sample_from).to(device).eval()
+    sched = build_schedule(meta, args.sample_from)
+    out = Path(args.sample_from) / "samples" / sample_folder_name(args)
+    check_writable(out, "--sample-from")
+    remove_orphans(out)
+    draw(args, out, model, sched, meta, ckpt["history"], dict(steps=ckpt["step"]), device)
+
+
+def train_then_sample(args, device):
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None:
+        check_resumable(ckpt, args.resume)
+    settle_flags(args, ckpt and ckpt["meta"], "--resume")
+    check_sampling(args, args.conditional)
+    if args.resume:
+        out, made = check_writable(args.resume, "--resume"), []
+        remove_orphans(out)  # what a killed run left half-written
     else:
-        ckpt = load_checkpoint(args.resume) if args.resume else None
-        if ckpt is not None and "optimizer" not in ckpt:
-            raise UserError(f"{args.resume} holds weights for sampling only (no optimiser state), so it "
-                            f"cannot be resumed; sample from it with --sample-from {args.resume}")
-        check_conditioning(args, ckpt["meta"]["conditional"] if ckpt else args.conditional)
-        out = check_writable(args.resume, "--resume") if args.resume else run_folder(args)
-        print(f"run folder: {out}", file=sys.stderr)
-        model, sched, meta, history, trained = train(args, out, device, ckpt)
-        plots.loss_curve(history, out / "loss.png")
+        out, made = claim_run_folder(args)
+    print(f"run folder: {out}", file=sys.stderr)
+    try:
+        model, sched, meta, history, trained = train(args, out, device, ckpt,
+                                                     overwrite=out not in made and not args.resume)
+    except BaseException:
+        unclaim(made)  # failed before writing anything: leave no empty folder behind
+        raise
+    plots.loss_curve(history, out / "loss.png")
+    if trained.pop("interrupted"):  # the user wants the machine back: no minutes of sampling now
+        print(f"interrupted: checkpoint saved at step {trained['steps']} in {out}; continue "
+              f"training with --resume {out}, or draw samples with --sample-from {out}",
+              file=sys.stderr)
+        return
+    draw(args, out, model, sched, meta, history, trained, device)
+
+
+def draw(args, out, model, sched, meta, history, trained, device):
+    """Sample, then write the samples, the figures and summary.json into `out`."""
     samples, trajectory, seconds = sample(model, sched, meta, args, device)
     atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, samples.numpy().astype(np.float32)))
     plots.sample_grid(samples, out / "samples.png",
                       f"{args.n} samples, {args.sampler.upper()} ({meta['dataset']}, step {trained['steps']})")
     plots.trajectory(trajectory, out / "trajectory.png")
+    ddim = args.sampler == "ddim"
     summary = dict(trained, dataset=meta["dataset"], schedule=meta["schedule"], sampler=args.sampler,
-                   sampling_steps=sched.T if args.sampler == "ddpm" else args.sampling_steps, n=args.n,
+                   sampling_steps=args.sampling_steps if ddim else sched.T,
+                   eta=args.eta if ddim else None,
+                   labels=args.labels, guidance=args.guidance, n=args.n,
                    sampling_seconds=round(seconds, 1), seed=args.seed,
                    final_loss=round(float(np.mean(history[-100:])), 4) if history else None,
                    metrics=evaluate(samples, meta, args))

@@ -26,15 +26,16 @@ drawn "3" without either) noised by q(x_t | x_0) at seven t, with the same noise
 schedule, so only the schedule differs (bottom). The script also prints alpha_bar at t = 0 and T-1
 and the log SNR range.
 """
-import argparse
 import gzip
 import math
 import os
+import zlib
 
 import numpy as np
 import torch
 
 SCHEDULES = ("linear", "cosine", "quadratic")
+MAX_T = 100_000  # far beyond the papers' 1000 to 4000; more would only fill the memory
 MAX_BETA = 0.999  # beta = 1 would erase x_0 in one step and make Eq. 15 divide by zero
 
 
@@ -302,10 +303,21 @@ def classifier_free_guidance(model, y, scale, null_label):
 # --- python schedule.py: the schedules side by side ------------------------------------------------------
 
 def load_digit(mnist_dir):
-    """The first training image of MNIST as a (28, 28) float64 array in [-1, 1] (the IDX header is 16 bytes)."""
-    with gzip.open(os.path.join(mnist_dir, "train-images-idx3-ubyte.gz")) as f:
-        pixels = np.frombuffer(f.read(16 + 28 * 28)[16:], dtype=np.uint8)
-    return pixels.reshape(28, 28) / 127.5 - 1
+    """The first training image of MNIST as a (28, 28) float64 array in [-1, 1]. The IDX header is
+    16 bytes: the magic number 2051, then the count, rows and columns, 4-byte big-endian each."""
+    from outputs import UserError
+    path = os.path.join(mnist_dir, "train-images-idx3-ubyte.gz")
+    try:
+        with gzip.open(path) as f:
+            raw = f.read(16 + 28 * 28)
+    except (OSError, EOFError, zlib.error) as e:  # not gzip, or cut short
+        raise UserError(f"{path} cannot be read or decompressed ({e}); "
+                        "replace it with a good copy") from None
+    header = (2051).to_bytes(4, "big") + raw[4:8] + (28).to_bytes(4, "big") * 2
+    if len(raw) < 16 + 28 * 28 or raw[:16] != header:
+        raise UserError(f"{path} is not MNIST's training images (an IDX file of 28x28 images); "
+                        "replace it with a good copy")
+    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(28, 28) / 127.5 - 1
 
 
 def draw_digit():
@@ -319,20 +331,22 @@ def draw_digit():
     return image
 
 
-def main():
+def main(argv=None):
     import matplotlib.pyplot as plt
-    from outputs import UserError, check_writable, save_figure
+    from outputs import UserError, arg_parser, check_writable, save_figure
 
-    parser = argparse.ArgumentParser(description="Compare the noise schedules: alpha_bar_t, log SNR_t, and "
+    parser = arg_parser(description="Compare the noise schedules: alpha_bar_t, log SNR_t, and "
                                      "one digit noised at the same t under each.")
     parser.add_argument("--T", type=int, default=1000, help="number of diffusion steps (default 1000)")
     parser.add_argument("--out", default="runs/schedules.png", help="the PNG to write (default runs/schedules.png)")
     parser.add_argument("--mnist-dir", help="folder with train-images-idx3-ubyte.gz (default $MNIST_DIR; "
                         "without either, a drawn '3' stands in)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise added to the digit (default 0)")
-    args = parser.parse_args()
-    if args.T < 1:
-        raise UserError(f"--T must be >= 1; got {args.T}")
+    args = parser.parse_args(argv)
+    if not 1 <= args.T <= MAX_T:  # before the tables are allocated: T = 10^8 would fill the memory
+        raise UserError(f"--T must be in 1..{MAX_T}; got {args.T}")
+    if not args.out.lower().endswith(".png"):  # savefig picks the format from the name, or fails
+        raise UserError(f"--out {args.out}: the figure is a PNG; give a file name ending in .png")
     check_writable(os.path.dirname(args.out) or ".")
     mnist_dir = args.mnist_dir or os.environ.get("MNIST_DIR")
     if mnist_dir and os.path.exists(os.path.join(mnist_dir, "train-images-idx3-ubyte.gz")):

@@ -34,12 +34,13 @@ on MNIST against CPU time on one thread: 32 channels and batch 128 fell behind, 
 16; scale-and-shift time injection, a zero-initialised second convolution and dropping attention
 ended within noise of the plain form, so the plain form stayed.
 """
-import argparse
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from outputs import arg_parser, run_main
 
 # Two configurations; override image_size, in_channels and num_classes for other data, e.g.
 # UNet(**dict(PRESETS["cpu"], image_size=32, in_channels=3, num_classes=10)).
@@ -310,11 +311,11 @@ def check(ok, message):
         raise ValueError(message)
 
 
-def main():
-    p = argparse.ArgumentParser(description="Walk a U-Net preset: print every stage's output shape and "
+def main(argv=None):
+    p = arg_parser(description="Walk a U-Net preset: print every stage's output shape and "
                                             "parameter count, in the order the forward pass runs them.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="which configuration to build")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = PRESETS[args.preset]
     torch.manual_seed(0)
     model = UNet(**cfg).eval()
@@ -345,4 +346,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

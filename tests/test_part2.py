@@ -70,7 +70,9 @@ def test_a_conditional_model_draws_the_labels_it_is_asked_for(mnist_dir, tmp_pat
     run(["--steps", "2", "--name", "c", "--conditional"], mnist_dir, tmp_path)
     run(["--sample-from", str(tmp_path / "c"), "--labels", "3", "7", "--guidance", "2", "--sampler", "ddim",
          "--sampling-steps", "4"], mnist_dir, tmp_path)
-    assert (tmp_path / "c" / "samples" / "ddim4-n4-seed0" / "samples.png").is_file()
+    # --labels and --guidance change the samples, so they name the folder (issue 14)
+    folder = tmp_path / "c" / "samples" / "ddim4-labels3-7-guidance2-n4-seed0"
+    assert (folder / "samples.png").is_file()
 
 
 def test_the_reference_checkpoint_samples_digits_and_cannot_be_resumed(mnist_dir, tmp_path):
