@@ -21,6 +21,7 @@ import json
 import keyword
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -103,6 +104,9 @@ def drive(src, work):
     # Failing hypothesis tests would spend seconds shrinking and explaining their examples: not needed here.
     settings.register_profile("proof", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
     settings.load_profile("proof")
+    # A background job starts with Ctrl-C (SIGINT) ignored; a student's terminal does not. The "ctrl-c" plant
+    # needs Python's own handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     regions = [n for n, _, _ in make_edition(src, work / "edition")]
     marked = sorted({int(n) for path in graded_test_files(work / "edition") for n in MARK.findall(path.read_text())})
     forget(src, work)

@@ -153,7 +153,7 @@ def test_cosine_schedule_matches_stored_alpha_bar(T):
     s, stored = Schedule("cosine", int(T)), REFERENCE["cosine_alpha_bar"][T]
     t = torch.tensor([int(k) for k in stored])
     close(s.alphas_cumprod[t], [stored[k] for k in stored], f"cosine, T = {T}: alpha_bar_t (Nichol & Dhariwal, "
-          "Eq. 17, beta capped at 0.999), at the stored t", rtol=1e-10, atol=0, index="stored entry")
+          f"Eq. 17, beta capped at 0.999) at t = {t.tolist()}", rtol=1e-10, atol=0, index="entry")
     capped = (s.betas == 0.999).nonzero().flatten().tolist()
     assert capped == [int(T) - 1], f"cosine, T = {T}: beta is capped at 0.999 at t = {capped}; expected only at " \
                                    f"the last step, t = {int(T) - 1}"
