@@ -16,12 +16,13 @@ The edition keeps the three comment lines and puts in place of the solution, at 
         raise NotImplementedError("Exercise 4: Eq. 9; self._at(table, t, x0) is table[t], shaped to ...")
 
 so an unfinished exercise fails its tests with its own message. Everything else is copied unchanged: the
-modules, tests/ (with the grading plugin, tests/conftest.py), pytest.ini, requirements.txt, .gitignore,
-the reference checkpoint, and README.md and HANDOUT.md without their instructors' blocks (the lines from
-`<!-- BEGIN INSTRUCTORS -->` to `<!-- END INSTRUCTORS -->`). Left behind: this script and its test,
-tests/test_assignment.py, bench.py, and the documents with answers or measured results (LAB.md,
-INSTRUCTORS.md, BENCHMARKS.md, figures/). Tests say which exercise they grade with @pytest.mark.exN
-(see tests/conftest.py); students run `python -m pytest --grade`.
+modules, tests/ (with the grading plugin, tests/conftest.py, and the stored numbers the graded tests compare
+with, tests/reference_values.json), pytest.ini, requirements.txt, .gitignore, the reference checkpoint, and
+README.md and HANDOUT.md without their instructors' blocks (the lines from `<!-- BEGIN INSTRUCTORS -->` to
+`<!-- END INSTRUCTORS -->`). Left behind: this script and its test, tests/test_assignment.py, bench.py,
+tests/test_reference_values.py (it writes the exercises' formulas out), and the documents with answers or
+measured results (LAB.md, INSTRUCTORS.md, BENCHMARKS.md, figures/). Tests say which exercise they grade with
+@pytest.mark.exN (see tests/conftest.py); students run `python -m pytest --grade`.
 
 The exercise numbers are fixed, so that adding an exercise never renumbers another:
      1  Part 1: the 1-3-3-1 MLP                           part1_inversion.py   make_mlp
@@ -48,10 +49,13 @@ from outputs import UserError, arg_parser, atomic_write, check_writable, run_mai
 
 SOURCE = Path(__file__).resolve().parent
 TOP_FILES = ("README.md", "HANDOUT.md", "requirements.txt", "pytest.ini", ".gitignore",
-             "reference/checkpoint.pt")
+             "reference/checkpoint.pt", "tests/reference_values.json")
 # Left out: the answers (LAB.md), the grading manual (INSTRUCTORS.md), the measured tables and their
-# figures (BENCHMARKS.md, figures/: they answer the discussion questions) and the maintainer's tools.
-INSTRUCTORS_ONLY = ("make_assignment.py", "bench.py", "tests/test_assignment.py")
+# figures (BENCHMARKS.md, figures/: they answer the discussion questions), the maintainer's tools, and the
+# tests that spell the exercises' formulas out (tests/test_reference_values.py, which makes the stored
+# numbers the graded tests compare with).
+INSTRUCTORS_ONLY = ("make_assignment.py", "bench.py", "tests/test_assignment.py",
+                    "tests/test_reference_values.py")
 # Lines of a markdown file from BEGIN to END (both included) are for instructors: the edition drops them.
 INSTRUCTORS_BLOCK = re.compile(r"^<!-- BEGIN INSTRUCTORS -->\n.*?^<!-- END INSTRUCTORS -->\n",
                                re.MULTILINE | re.DOTALL)

@@ -48,7 +48,8 @@ def make_betas(name: str, T: int) -> torch.Tensor:
     cosine:    Nichol & Dhariwal 2021, Eq. 17: alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2),
                s = 0.008. alpha_bar falls gently at both ends; the linear schedule is nearly pure noise
                for its last fifth (at t = 800 of 1000, alpha_bar is 0.0015 there and 0.094 here).
-    quadratic: Ho et al.'s released code ("quad"): sqrt(beta) linear between the same ends as `linear`.
+    quadratic: Ho et al.'s released code ("quad"): sqrt(beta) evenly spaced, so that beta runs from the
+               same first to the same last value as `linear` for this T (1e-4 and 0.02 times 1000 / T).
                It keeps more signal than linear at every t and ends at alpha_bar_T ~ 7e-4, not ~ 0.
     All betas are capped at 0.999 (for linear and quadratic this only bites when T <= 20).
     """

@@ -5,19 +5,27 @@ Issue 7's three claims, checked on the real reference code with editions written
   (b) each exercise's tests fail there with that exercise's own NotImplementedError, and the tests of the
       other exercises pass unless they declare that they run its code (depends=[...]);
   (c) putting the reference solutions back gives the reference, byte for byte.
+Issue 13's, on editions with mistakes planted in them (`PLANTS`): a file that does not import, an
+endless loop, Ctrl-C and SIGTERM, and the mistakes the tests once missed, each with the grade table and
+grades.json it must give; and that nothing in the edition gives an exercise's solution away.
 Then the refusals: bad markers, a number used twice, an output folder inside the source tree or not empty.
 
-(b) runs pytest on several editions. Each run in its own process would import torch again, seconds apiece
-on a busy CPU, so one subprocess (this file run as a script: `drive`) runs them all in turn and writes what
-the grading plugin recorded. To save time those runs leave out the SLOW tests; students run them all.
+(b) and the plants run pytest on several editions. Each run in its own process would import torch again,
+seconds apiece on a busy CPU, so one subprocess (this file run as a script: `drive`) runs them all in turn
+and writes what the grading plugin recorded. To save time the runs of (b) leave out the SLOW tests.
 """
 import ast
 import importlib
+import io
 import json
+import keyword
 import os
 import re
+import signal
 import subprocess
 import sys
+import textwrap
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -28,6 +36,8 @@ sys.path.insert(0, str(SOURCE))  # when run as a script; under pytest, pytest.in
 from make_assignment import (edition_files, find_regions, for_students, make_edition,  # noqa: E402
                              replace_bodies, solutions)
 from outputs import UserError  # noqa: E402
+from conftest import POINTS  # noqa: E402
+from test_docs import relative_links  # noqa: E402
 
 SLOW = ["test_ddpm_samples_gaussian_data"]  # graded like every other test; only left out of the runs here
 MARK = re.compile(r"\bmark\.ex(\d+)\b")
@@ -39,12 +49,13 @@ def graded_test_files(root):
     return [path for path in sorted((root / "tests").glob("test_*.py")) if MARK.search(path.read_text())]
 
 
-def forget(*roots):
-    """Drop the lab's modules imported from `roots` (their top folder and tests/), so that the next
-    edition's schedule.py, conftest.py, test_schedule.py... are imported afresh instead of the cached ones
-    of an earlier edition. Only those two folders: a virtual environment inside the checkout (.venv/)
-    holds numpy and torch, which cannot be imported twice."""
-    folders = {folder.resolve() for root in roots for folder in (Path(root), Path(root) / "tests")}
+def forget(src, work):
+    """Drop the lab's modules imported from `src` or from an edition in `work` (their top folder and tests/),
+    so that the next edition's schedule.py, conftest.py, test_schedule.py... are imported afresh instead of
+    the cached ones of an earlier edition. Only those folders: a virtual environment inside the checkout
+    (.venv/) holds numpy and torch, which cannot be imported twice."""
+    roots = [Path(src), Path(work), *(p for p in Path(work).iterdir() if p.is_dir())]
+    folders = {folder.resolve() for root in roots for folder in (root, root / "tests")}
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if name != "__main__" and file and Path(file).resolve().parent in folders:
@@ -64,12 +75,13 @@ def import_all(root):
     return errors
 
 
-def run_graded(root, exercises):
+def run_graded(root, exercises, slow=False, options=()):
     """Run the tests of `exercises` on the edition at `root`; return what the grading plugin wrote."""
     grades = root / "grades.json"
-    pytest.main([*map(str, graded_test_files(root)), "--tb=no", "--assert=plain", "-p", "no:cacheprovider",
-                 "-m", " or ".join(f"ex{n}" for n in exercises), "-k", " and ".join(f"not {t}" for t in SLOW),
-                 "--grade-json", str(grades)])
+    pytest.main([*map(str, graded_test_files(root)), "--assert=plain", "-p", "no:cacheprovider",
+                 "-m", " or ".join(f"ex{n}" for n in exercises),
+                 *([] if slow else ["-k", " and ".join(f"not {t}" for t in SLOW)]),
+                 f"--grade-json={grades}", *options])
     return json.loads(grades.read_text())
 
 
@@ -92,13 +104,16 @@ def drive(src, work):
     # Failing hypothesis tests would spend seconds shrinking and explaining their examples: not needed here.
     settings.register_profile("proof", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
     settings.load_profile("proof")
+    # A background job starts with Ctrl-C (SIGINT) ignored; a student's terminal does not. The "ctrl-c" plant
+    # needs Python's own handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     regions = [n for n, _, _ in make_edition(src, work / "edition")]
     marked = sorted({int(n) for path in graded_test_files(work / "edition") for n in MARK.findall(path.read_text())})
     forget(src, work)
     results = dict(regions=regions, marked=marked, modules=[p.stem for p in sorted((work / "edition").glob("*.py"))],
                    import_errors=import_all(work / "edition"), runs=[])
     forget(src, work)
-    full = run_graded(work / "edition", marked)
+    full = run_graded(work / "edition", marked, slow=True)  # every test fails at once here: run them all
     results["runs"].append(dict(taken_out=regions, grades=full))
     depends = {n: set() for n in regions}
     for test in full["tests"].values():
@@ -109,7 +124,43 @@ def drive(src, work):
         make_edition(src, folder, exercises=group)
         forget(src, work)
         results["runs"].append(dict(taken_out=group, grades=run_graded(folder, marked)))
+    results["plants"] = {}
+    for name, (exercises, options, plants) in PLANTS.items():
+        folder = work / name
+        make_edition(src, folder, exercises=[])  # every solution in place...
+        for file, old, new in plants:  # ...then the mistakes
+            text = (folder / file).read_text()
+            assert text.count(old) == 1, f"{name}: {old!r} is not once in {file}; update PLANTS"
+            (folder / file).write_text(text.replace(old, new))
+        forget(src, work)
+        results["plants"][name] = run_graded(folder, exercises, slow=True, options=options)
     (work / "results.json").write_text(json.dumps(results))
+
+
+# name: (exercises to run, pytest options, [(file, old text, the mistake in its place)])
+ALL = list(POINTS)
+PLANTS = {
+    # A syntax error in schedule.py (exercise 4's region); an endless loop in exercise 2; exercise 8's sin and
+    # cos swapped, which once made exercises 8 and 9 blame each other.
+    "broken": (ALL, ["--grade-timeout=3"], [
+        ("schedule.py", "t, x0) * noise)\n", "t, x0) * noise))\n"),
+        ("part1_inversion.py", "        opt.zero_grad()\n", "        while True:\n            pass\n"),
+        ("unet.py", "[torch.sin(angles), torch.cos(angles)]", "[torch.cos(angles), torch.sin(angles)]")]),
+    # The three mistakes that once scored full marks, and a wrong posterior (a hypothesis failure, and a
+    # dependency of one of exercise 6's tests).
+    "mistakes": ([3, 4, 5, 6, 7, 10], [], [
+        ("schedule.py", "math.sqrt(lo), math.sqrt(hi)", "math.sqrt(1e-4), math.sqrt(0.02)"),  # quadratic unscaled
+        ("schedule.py", "return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0",
+         "return (self.sqrt_alphas_cumprod[t].view(-1, *[1] * (x0.dim() - 1)) * x0"),  # float64 for float32
+        ("schedule.py", "var = eta ** 2 * (1", "var = eta * (1"),  # eta where Eq. 16 has eta^2
+        ("schedule.py", "mean = self._at(self.posterior_mean_coef1, t, x_t) * x0",
+         "mean = self._at(self.posterior_mean_coef2, t, x_t) * x0")]),
+    # The student's code stops the run while a test of exercise 8 runs: SIGTERM (as `timeout` sends), Ctrl-C.
+    **{name: ([1, 8, 9], [], [("unet.py", "    half = dim // 2\n",
+                               f"    import os, signal\n    os.kill(os.getpid(), signal.{sig})\n"
+                               "    while True:\n        pass\n")])
+       for name, sig in [("sigterm", "SIGTERM"), ("ctrl-c", "SIGINT")]},
+}
 
 
 # --- (a) and (b) ------------------------------------------------------------------------------------------
@@ -167,8 +218,182 @@ def test_each_exercise_taken_out_breaks_only_its_own_tests(results):
                 wrong.append(f"without exercises {sorted(out)}: {nodeid} (exercise {test['exercise']}, depends "
                              f"{test['depends']}) {test['outcome']}: {test['message']}")
     taken_out = sorted(n for run in results["runs"][1:] for n in run["taken_out"])
+    assert all(run["grades"]["tests"] and not run["grades"]["collection_errors"] for run in results["runs"])
     assert not wrong, "\n".join(wrong)
     assert taken_out == results["regions"]  # each exercise was taken out once
+
+
+# --- issue 13: the points table, a broken copy, an endless loop, an interrupted run, missed mistakes --------
+
+def rows(grades):
+    return {row["exercise"]: row for row in grades["exercises"]}
+
+
+def function_messages(grades, exercise):
+    """{test function: the message of its first failing case} of `exercise`: grades.json's `failures`."""
+    return {f["test"].partition("[")[0]: f["message"] for f in grades["failures"] if f["exercise"] == exercise}
+
+
+def test_points_table_matches_the_tests(results):
+    """tests/conftest.py's POINTS is the number of graded test functions of each exercise, and every run's
+    table has a row for every exercise, out of those points."""
+    counted = {}
+    for nodeid, test in results["runs"][0]["grades"]["tests"].items():
+        counted.setdefault(test["exercise"], set()).add(nodeid.partition("[")[0])
+    assert {n: len(f) for n, f in counted.items()} == POINTS, "update POINTS in tests/conftest.py"
+    for grades in [run["grades"] for run in results["runs"]] + list(results["plants"].values()):
+        assert {n: row["possible"] for n, row in rows(grades).items()} == POINTS
+
+
+def test_a_copy_that_does_not_import_is_still_graded(results):
+    """A syntax error in schedule.py costs exercises 3-7 and 10 their points, with the file and line; 1, 2, 8
+    and 9 are graded as usual; an endless loop in exercise 2 times out; a wrong exercise 8 costs points in
+    exercise 8 only, and blames no other."""
+    grades, table = results["plants"]["broken"], rows(results["plants"]["broken"])
+    line = next(i + 1 for i, text in enumerate((SOURCE / "schedule.py").read_text().splitlines())
+                if text.endswith("t, x0) * noise)"))
+    for n in (3, 4, 5, 6, 7, 10):
+        assert table[n]["points"] == 0 and table[n]["status"].startswith(
+            f"not collected: SyntaxError at schedule.py:{line}: unmatched ')'"), table[n]
+        assert re.search(rf"\n\s+{n}\s+0/{POINTS[n]}\s+not collected: SyntaxError at schedule\.py:{line}\b",
+                         results["stdout"])
+    assert table[1]["points"] == POINTS[1] and table[9] == dict(exercise=9, points=POINTS[9], possible=POINTS[9],
+                                                                 status="done")
+    assert table[2]["points"] == 0 and set(function_messages(grades, 2).values()) == {
+        "timed out after 3 s (an endless loop?)"}, function_messages(grades, 2)
+    assert 0 < POINTS[8] - table[8]["points"] < POINTS[8] and "exercise 9" not in table[8]["status"], table[8]
+    assert "expected sin(0) = 0 in the first half" in function_messages(grades, 8)[
+        "test_embedding_at_t0_is_sin_0_then_cos_1"]
+    assert grades["finished"] and any("schedule.py" in e for e in grades["collection_errors"])
+
+
+@pytest.mark.parametrize("name,signal_name", [("sigterm", "SIGTERM"), ("ctrl-c", "Ctrl-C")])
+def test_an_interrupted_run_still_writes_its_grades(results, name, signal_name):
+    """The student's code stops the run inside exercise 8's first test: grades.json is written, the test cut
+    short counts as failed, and the tests that never ran earn nothing."""
+    grades = results["plants"][name]
+    table = rows(grades)
+    assert grades["interrupted"] == signal_name and grades["finished"], grades
+    assert table[1]["points"] == POINTS[1] and table[8]["points"] == table[9]["points"] == 0
+    assert "interrupted during test_embedding_at_t0_is_sin_0_then_cos_1" in table[8]["status"]
+    cut = [t for t in grades["tests"].values() if t.get("interrupted")]
+    assert len(cut) == 1 and cut[0]["outcome"] == "failed" and cut[0]["exercise"] == 8
+    assert f"INTERRUPTED ({signal_name})" in results["stdout"]
+
+
+def test_the_mistakes_once_missed_are_caught_in_their_own_exercise(results):
+    """An unscaled quadratic schedule, a float64 q_sample, DDIM's eta where Eq. 16 has eta^2, and a wrong
+    posterior: each costs points in its own exercise, with a message in the paper's words; exercise 6 blames
+    exercise 5 only where its test runs exercise 5's code, and exercise 10 does not notice exercise 4."""
+    grades = results["plants"]["mistakes"]
+    table = rows(grades)
+    failed = {n: function_messages(grades, n) for n in table}
+    assert list(failed[3]) == ["test_quadratic_schedule_ends"] and "quadratic, T = 50: betas run from 0.0001 " \
+        "to 0.02; expected 0.002 to 0.4" in failed[3]["test_quadratic_schedule_ends"]
+    assert list(failed[4]) == ["test_keeps_dtype_and_device"] and "q_sample returned its x_t as torch.float64 " \
+        "on cpu for torch.float32 input" in failed[4]["test_keeps_dtype_and_device"]
+    assert list(failed[5]) == ["test_posterior_is_bayes_rule"]
+    assert "[minimal example: test_posterior_is_bayes_rule(s=Schedule(" in failed[5][
+        "test_posterior_is_bayes_rule"]
+    assert list(failed[6]) == ["test_ddpm_samples_gaussian_data"]
+    assert "it also runs exercise 5, which fails its own tests" in table[6]["status"]
+    assert "test_ddim_step_matches_stored_values" in failed[7] and "eta = 0.5" in failed[7][
+        "test_ddim_step_matches_stored_values"]
+    assert table[10]["points"] == POINTS[10] and not failed[10]
+    assert re.search(r"\nex4 +test_keeps_dtype_and_device\[\S+\]: AssertionError: q_sample returned its x_t as "
+                     r"torch\.float64", results["stdout"])
+
+
+# --- issue 13: nothing in the edition gives an exercise away -------------------------------------------------
+
+def squeeze(text):
+    """`text` without whitespace: spacing and line breaks hide nothing."""
+    return re.sub(r"\s+", "", text)
+
+
+def code_of(text):
+    """The Python source `text` without comments, strings (docstrings, messages) or whitespace: its code, with
+    `;` between statements."""
+    skip = {tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.INDENT, tokenize.DEDENT,
+            *(getattr(tokenize, name) for name in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
+              if hasattr(tokenize, name))}
+    tokens = tokenize.generate_tokens(io.StringIO(textwrap.dedent(text)).readline)
+    return "".join(";" if token.type == tokenize.NEWLINE else token.string for token in tokens
+                   if token.type not in skip)
+
+
+def telling_lines(name, text):
+    """{exercise: the lines of its solution that would give it away}, each squeezed and without its comment.
+
+    A line that tells nothing is not checked: one with fewer than three names and numbers (`return loss`,
+    `else:`, `loss.backward()`, `s = 0.008`: too short to hold a formula, or the spelling of a constant the
+    docstring gives), or one that the exercise's own hint spells out (`half = dim // 2`): the edition hands
+    that to the student on purpose."""
+    comments = {token.start[0]: token.start[1] for token in tokenize.generate_tokens(io.StringIO(text).readline)
+                if token.type == tokenize.COMMENT}
+    lines, out = text.splitlines(), {}
+    for region in find_regions(name, text):
+        for row in range(region.begin + 3, region.end + 1):  # 1-based rows of the solution
+            line = squeeze(lines[row - 1][:comments.get(row)])
+            words = [w for w in re.findall(r"[A-Za-z_]\w*|\d[\w.]*", line) if not keyword.iskeyword(w)]
+            if len(words) >= 3 and line not in squeeze(region.hint):
+                out.setdefault(region.number, []).append(line)
+    return out
+
+
+# The exercises' formulas in other spellings, as patterns over code (see code_of). The edition may state the
+# paper's equations in words and symbols (docstrings, hints, messages): that is the exercise's text. It may
+# not hold them as code.
+FORMULAS = {
+    1: [r"nn\.Linear\(\w+,\w+\),\w*\(\)\]", r"\{:nn\.ReLU,:nn\.Tanh\}"],
+    2: [r"zero_grad\(\);.{0,60};\w+\.backward\(\);\w+\.append\(\w+\.item\(\)\);return"],
+    3: [r"cos\(.{0,80}/\(1\+s\)", r"1-\w+\[1:\]/\w+\[:-1\]", r"linspace\(\w*\.?sqrt\(", r"(?<!\w)1000/T(?!\w)"],
+    4: [r"sqrt[^=;]{0,60}\*x_?0\+[^=;]{0,80}sqrt[^=;]{0,60}\*(noise|eps)\b",
+        r"sqrt[^=;]{0,60}\*(noise|eps)\+[^=;]{0,80}sqrt[^=;]{0,60}\*x_?0\b"],
+    5: [r"coef1[^=;]{0,40}\*x_?0\+[^=;]{0,60}coef2[^=;]{0,40}\*x_?t"],
+    6: [r"-\w+/\(1-\w+\)\.sqrt\(\)\*", r"-\w+/(torch\.|math\.)?sqrt\(1-\w+\)\*", r"\(t>0\).{0,40}sqrt\(\)\*z",
+        r"\w+\*\w+\.sqrt\(\)\*z(?!\w)"],
+    7: [r"eta\*\*2\*\(1-\w+\)/\(1-\w+\)", r"sqrt\(\)\*x0\w*\+\(1-\w+-\w+\)(\.clamp\([^)]*\))?\.sqrt\(\)\*eps",
+        r"\(x_t-\w+\.sqrt\(\)\*x0\)/\(1-\w+\)\.sqrt\(\)"],
+    8: [r"10000(\.0)?\*\*\(?-", r"log\(10000", r"cat\(\[(torch\.)?\w*\.?sin\(\w*\),(torch\.)?\w*\.?cos\("],
+    9: [r"conv1\(F\.silu\(self\.norm1\(", r"silu\(F\.group_norm\(", r"self\.time\(F\.silu\(emb\)\)"],
+    10: [r"mse_loss\(\w+\(x_t,t,y\),eps\)", r"\(\w+\(x_t,t,y\)-eps\)(\*\*2|\.pow\(2\))"],
+}
+# How the tests once spelled some of them out (issue 13): the patterns must catch these too.
+OLD_SPELLINGS = {
+    3: "f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2",
+    4: "x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps",
+    6: "eq11 = (x_t - beta / (1 - a).sqrt() * toy_model(x_t, t)) / alpha.sqrt()",
+    7: "return p.sqrt() * x0_hat + (1 - p - sigma2).sqrt() * eps, sigma2",
+    8: "angles = t.double()[:, None] * w\nexpected = torch.cat([angles.sin(), angles.cos()], 1)",
+    9: "h = F.conv2d(F.silu(F.group_norm(h, norm.num_groups, norm.weight, norm.bias)), conv.weight)",
+}
+
+
+def test_the_edition_gives_no_solution_away(tmp_path):
+    """No line of a solution, and none of its formulas in another spelling, is anywhere in the edition; every
+    relative link of its markdown resolves."""
+    make_edition(SOURCE, tmp_path)
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".pt")
+    text = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in files}
+    squeezed = {name: squeeze(t) for name, t in text.items()}
+    code = {name: code_of(t) if name.endswith(".py") else squeezed[name] for name, t in text.items()}
+    found, solved = [], {}
+    for path in sorted(SOURCE.glob("*.py")):
+        for n, lines in telling_lines(path.name, path.read_text()).items():
+            found += [f"exercise {n}: {line} in {name}" for line in lines for name in text if line in squeezed[name]]
+        for region in find_regions(path.name, path.read_text()):
+            solved[region.number] = code_of("".join(path.read_text().splitlines(True)[region.begin + 2:region.end]))
+    for n, patterns in FORMULAS.items():
+        assert any(re.search(p, solved[n]) for p in patterns), f"no pattern of exercise {n} matches its solution"
+        if n in OLD_SPELLINGS:
+            assert any(re.search(p, code_of(OLD_SPELLINGS[n])) for p in patterns), OLD_SPELLINGS[n]
+        found += [f"exercise {n}: {p} in {name}" for p in patterns for name in code if re.search(p, code[name])]
+    assert sorted(FORMULAS) == sorted(solved) and not found, "\n".join(found)
+    for name in text:
+        if name.endswith(".md"):
+            missing = [t for t in relative_links(text[name]) if not (tmp_path / name).parent.joinpath(t).exists()]
+            assert not missing, f"{name} of the edition links to files it does not carry: {missing}"
 
 
 # --- (c) --------------------------------------------------------------------------------------------------

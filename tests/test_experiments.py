@@ -11,6 +11,8 @@ import plots
 from outputs import UserError
 from schedule import Schedule
 
+pytestmark = pytest.mark.e2e  # the script end to end: plain `python -m pytest` runs these, --grade does not
+
 
 @pytest.fixture
 def tiny(mnist_dir, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ def test_the_networks_map_noise_to_digits_and_digits_to_one_logit():
     assert D(x).shape == (5,)
 
 
+@pytest.mark.e2e
 def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path):
     run(["--name", "tiny"], mnist_dir, tmp_path)
     out = tmp_path / "tiny"
@@ -45,6 +46,7 @@ def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path):
     assert np.array_equal(again.numpy(), samples)
 
 
+@pytest.mark.e2e
 def test_same_seed_same_samples_and_no_run_is_overwritten_unless_asked(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(gan_baseline, "loss_figure", lambda *_: None)  # the test above checks the figures;
     monkeypatch.setattr(gan_baseline.plots, "sample_grid", lambda *_: None)  # here they would only cost time

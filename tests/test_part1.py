@@ -35,23 +35,31 @@ def test_data_is_sin_of_uniform_x():
 def test_mlp_shapes(hidden, weights):
     for activation in ["relu", "tanh"]:
         model = p1.make_mlp(hidden, activation)
-        assert model(torch.zeros(7, 1, dtype=torch.float64)).shape == (7, 1)
-        assert sum(p.numel() for p in model.parameters()) == weights
+        shape = tuple(model(torch.zeros(7, 1, dtype=torch.float64)).shape)
+        assert shape == (7, 1), f"make_mlp({hidden}, {activation!r}) maps (7, 1) inputs to {shape}; expected (7, 1)"
+        count = sum(p.numel() for p in model.parameters())
+        assert count == weights, (f"make_mlp({hidden}, {activation!r}) has {count} weights and biases; expected "
+                                  f"{weights} (widths 1 -> {' -> '.join(map(str, hidden))} -> 1, a bias per unit)")
 
 
 @pytest.mark.ex1
 @pytest.mark.parametrize("activation, act", [("relu", torch.nn.ReLU), ("tanh", torch.nn.Tanh)])
 def test_mlp_is_linear_activation_linear_activation_linear(activation, act):
     model = p1.make_mlp((3, 4), activation)
-    kinds = [type(layer) for layer in model]
-    assert kinds == [torch.nn.Linear, act, torch.nn.Linear, act, torch.nn.Linear]
-    assert [(m.in_features, m.out_features) for m in model[::2]] == [(1, 3), (3, 4), (4, 1)]
-    assert all(p.dtype == torch.float64 for p in model.parameters())
+    kinds = [type(layer).__name__ for layer in model]
+    assert kinds == ["Linear", act.__name__, "Linear", act.__name__, "Linear"], (
+        f"make_mlp((3, 4), {activation!r}) has layers {kinds}; expected Linear, {act.__name__}, Linear, "
+        f"{act.__name__}, Linear (an nn.Sequential)")
+    sizes = [(m.in_features, m.out_features) for m in model[::2]]
+    assert sizes == [(1, 3), (3, 4), (4, 1)], f"make_mlp((3, 4), ...): Linear layers of sizes {sizes}; expected " \
+                                              "(1, 3), (3, 4), (4, 1)"
+    dtypes = {str(p.dtype) for p in model.parameters()}
+    assert dtypes == {"torch.float64"}, f"make_mlp's weights are {dtypes}; expected torch.float64 (DTYPE)"
     y = torch.linspace(-1, 1, 5, dtype=torch.float64)[:, None]
     with torch.no_grad():  # the forward pass is the layers in that order, nothing else
         h = act()(model[0](y))
         expected = model[4](act()(model[2](h)))
-        assert torch.equal(model(y), expected)
+        assert torch.equal(model(y), expected), "make_mlp's forward pass should be its layers in order, nothing else"
 
 
 @pytest.mark.ex2
@@ -63,12 +71,19 @@ def test_fit_finds_a_line_and_records_the_mse():
     with torch.no_grad():
         model.weight.fill_(-0.5)
         model.bias.fill_(0.3)
-        first = ((model(y) - x) ** 2).mean().item()  # the mean, not the sum, of the squared errors
+    first = p1.mse(model, y, x)  # the mean, not the sum, of the squared errors
     losses = []
     p1.fit(model, y, x, losses, steps=20)
-    assert losses[0] == pytest.approx(first, rel=1e-12)  # one entry per evaluation, starting from the initial MSE
-    assert losses[-1] < 1e-12 and len(losses) >= 2
-    assert model.weight.item() == pytest.approx(2, abs=1e-6) and model.bias.item() == pytest.approx(1, abs=1e-6)
+    assert losses, "fit recorded no losses: append loss.item() to `losses` at every evaluation"
+    assert losses[0] == pytest.approx(first, rel=1e-12), (
+        f"the first recorded loss is {losses[0]:.6g}; expected the MSE of the starting line, {first:.6g} (one entry "
+        "per evaluation: the mean of the squared errors, recorded as a number)")
+    assert losses[-1] < 1e-12 and len(losses) >= 2, (
+        f"L-BFGS on x = 2y + 1 ended at loss {losses[-1]:.3g} after {len(losses)} evaluations; expected below 1e-12: "
+        "clear the old gradients, backpropagate, and return the loss")
+    w, b = model.weight.item(), model.bias.item()
+    assert w == pytest.approx(2, abs=1e-6) and b == pytest.approx(1, abs=1e-6), (
+        f"L-BFGS on x = 2y + 1 ended at w = {w:.6g}, b = {b:.6g}; expected w = 2, b = 1")
 
 
 def test_init_puts_every_kink_inside_the_data():
@@ -118,10 +133,12 @@ def test_spline_start_uses_every_kink_and_a_least_squares_output():
     sign_changes = lambda col: (col[y[:, 0].argsort()] > 0).diff().sum().item()
     assert [sign_changes(pre1[:, j]) for j in (1, 2)] == [1, 1]  # one kink each, inside the data
     assert [sign_changes(pre2[:, j]) for j in (1, 2)] == [2, 2]  # each tent meets zero twice: 2 + 4 = 6 kinks
-    loss = ((model(y) - x) ** 2).mean()
-    loss.backward()
-    assert model[4].weight.grad.abs().max() < 1e-10 and model[4].bias.grad.abs().max() < 1e-10  # least squares
-    assert loss.item() < 0.2 * p1.mse(p1.straight_line(y, x), y, x)
+    with torch.no_grad():
+        features, error = torch.relu(pre2), model(y) - x  # what the output layer sees, and the net's error
+    # Least squares: the error is orthogonal to every feature and to the bias (the output layer's normal
+    # equations, i.e. a zero gradient of the MSE with respect to that layer: 2/n features^T error).
+    assert (features.T @ error).abs().max() * 2 / len(y) < 1e-10 and error.sum().abs() * 2 / len(y) < 1e-10
+    assert p1.mse(model, y, x) < 0.2 * p1.mse(p1.straight_line(y, x), y, x)
 
 
 @pytest.mark.parametrize("hidden", [(2, 4), (4, 2), (8, 8)])
@@ -150,14 +167,20 @@ def test_short_training_stays_close_to_arcsin(short_fit, y):
     model, _ = short_fit
     with torch.no_grad():
         prediction = model(torch.tensor([[y]], dtype=torch.float64)).item()
-    assert abs(prediction - math.asin(y)) < 0.02
+    assert abs(prediction - math.asin(y)) < 0.02, (
+        f"after a short training the net predicts {prediction:.5f} at y = {y:.5f}; expected arcsin(y) = "
+        f"{math.asin(y):.5f} within 0.02")
 
 
 @pytest.mark.ex2(depends=[1])
 def test_training_lowers_the_loss(short_fit):
     _, curves = short_fit
-    assert 0 < len(curves["best"]) < len(curves["loss"])  # the polish comes after the search
-    assert min(curves["loss"]) < 0.2 * curves["loss"][0]  # from the spline start: 10 to 17 x lower, seeds 0..19
+    assert 0 < len(curves["best"]) < len(curves["loss"]), (  # the polish comes after the search
+        f"training recorded {len(curves['loss'])} losses and {len(curves['best'])} best validation MSEs; expected "
+        "every evaluation of the closure recorded in `losses`")
+    assert min(curves["loss"]) < 0.2 * curves["loss"][0], (  # from the spline start: 10 to 17 x lower, seeds 0..19
+        f"the training loss fell from {curves['loss'][0]:.4g} to {min(curves['loss']):.4g} at best; expected below a "
+        "fifth of where it started")
     assert all(b <= a for a, b in zip(curves["best"], curves["best"][1:]))  # the best so far never gets worse
 
 
@@ -180,6 +203,7 @@ def test_non_invertible_net_predicts_the_conditional_mean():
     assert gap < 0.4
 
 
+@pytest.mark.e2e
 def test_same_seed_same_result(tmp_path):
     argv = ["--restarts", "1", "--hops", "2", "--seed", "3"]
     first = p1.main(argv + ["--out", str(tmp_path / "a")])

@@ -5,9 +5,16 @@ deviation sd is off by sd / sqrt(N) on average, a sample std by sd / sqrt(2 (N -
 with Z chosen so that a correct implementation fails one comparison with probability 1e-6.
 
 @pytest.mark.exN grades a test as part of exercise N of the student edition (make_assignment.py); its
-`depends` lists the other exercises whose code the test also runs. Unmarked tests check code students are given.
+`depends` lists the other exercises whose code the test also runs. Unmarked tests check code students are
+given. Each exercise is graded on its own wherever that can be done without giving another away: the
+tests of exercises 4-7 build their schedules from explicit betas (`stand_in`), not with exercise 3's
+make_betas, and exercise 6's replace exercise 5's posterior by a made-up one (`with_stand_in_posterior`).
+Where a result has no closed form, the test compares with numbers stored in tests/reference_values.json,
+which the reference solution computed once.
 """
+import json
 import math
+from pathlib import Path
 from statistics import NormalDist
 
 import pytest
@@ -20,6 +27,7 @@ Z = NormalDist().inv_cdf(1 - 1e-6 / 2)  # ~4.9: two-sided false-alarm rate 1e-6 
 FAST = settings(max_examples=25, deadline=None)
 schedules = st.sampled_from(SCHEDULES)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+REFERENCE = json.loads((Path(__file__).parent / "reference_values.json").read_text())
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,81 +40,123 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def close(actual, expected, rtol=1e-7, atol=1e-7):
-    """|actual - expected| <= atol + rtol |expected| everywhere (torch.testing.assert_close is far slower on
-    long tensors)."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (actual.shape, expected.shape)
-    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), (actual - expected).abs().max().item()
+def close(actual, expected, what, rtol=1e-7, atol=1e-7, index="index"):
+    """Assert |actual - expected| <= atol + rtol |expected| everywhere (torch.testing.assert_close is far slower
+    on long tensors). The message says `what` differs, where (`index` names the first dimension) and by how much."""
+    expected = torch.as_tensor(expected, dtype=actual.dtype)
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    ok = (actual - expected).abs() <= atol + rtol * expected.abs()  # False for NaN too
+    if not ok.all():
+        i = tuple(int(k) for k in (~ok).nonzero()[0])
+        where = f"{index} = {i[0]}" + (f", position {i[1:]}" if len(i) > 1 else "")
+        raise AssertionError(f"{what}: {actual[i].item():.10g} at {where}, expected {expected[i].item():.10g} "
+                             f"(largest difference {(actual - expected).abs().max().item():.3g}, allowed "
+                             f"{atol:.1g} + {rtol:.1g} x |expected|)")
 
 
-# --- the schedules and their tables ---------------------------------------------------------------------
+def first_false(ok):
+    """The first index where the boolean tensor `ok` is False, as an int (1-D) or a tuple."""
+    i = tuple(int(k) for k in (~ok).nonzero()[0])
+    return i[0] if len(i) == 1 else i
+
+
+# --- schedules that do not run exercise 3 -----------------------------------------------------------------
+
+def stand_in(T, L=10.0, power=1):
+    """A schedule built from explicit betas, without exercise 3's make_betas, so that a mistake there costs no
+    points in exercises 4-7. alpha_bar falls from about 1 to e^-L (4.5e-5 for L = 10, near the linear
+    schedule's 4e-5), spread over t as t^power: 0 spreads it evenly, 1 rises like `linear`, 3 holds back to
+    the end like `cosine`. Betas are clamped into [1e-5, 0.999], as the real schedules cap theirs."""
+    w = torch.arange(1, T + 1, dtype=torch.float64) ** power
+    return Schedule.from_betas((1 - torch.exp(-L * w / w.sum())).clamp(1e-5, 0.999), f"stand-in^{power}")
+
+
+@st.composite
+def stand_ins(draw, max_T=2000):
+    """Stand-in schedules of any length up to max_T, any end point e^-L (L from 1 to 20) and any shape."""
+    return stand_in(draw(st.integers(1, max_T)), draw(st.floats(1, 20)), draw(st.sampled_from([0, 1, 3])))
+
+
+SHAPES = [0, 1, 3]  # the stand-ins' powers, for the tests that run one of each
+
+
+# --- the schedules and their tables (exercise 3) ---------------------------------------------------------
 
 @pytest.mark.ex3
 @FAST
 @given(name=schedules, T=st.integers(1, 2000))
 def test_tables_are_valid_for_any_T(name, T):
     s = Schedule(name, T)
-    assert s.T == T and s.name == name and s.betas.dtype == torch.float64
+    where = f"Schedule({name!r}, T={T})"
+    assert s.T == T and s.name == name, f"{where} has T = {s.T}, name {s.name!r}"
+    assert s.betas.dtype == torch.float64, f"make_betas({name!r}, {T}) returned {s.betas.dtype}; expected float64"
     for table in ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                   "sqrt_one_minus_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                   "posterior_mean_coef1", "posterior_mean_coef2", "snr"):
         value = getattr(s, table)
-        assert value.shape == (T,) and value.dtype == torch.float64 and torch.isfinite(value).all(), table
-    assert ((s.betas > 0) & (s.betas < 1)).all()
+        assert value.shape == (T,) and value.dtype == torch.float64, (
+            f"{where}.{table}: shape {tuple(value.shape)}, {value.dtype}; expected ({T},) float64")
+        assert torch.isfinite(value).all(), f"{where}.{table} is not finite at t = {first_false(torch.isfinite(value))}"
     ab = s.alphas_cumprod
-    assert ((ab > 0) & (ab < 1)).all() and (ab[1:] < ab[:-1]).all()  # strictly decreasing in (0, 1)
-    assert ((s.posterior_variance >= 0) & (s.posterior_variance <= s.betas)).all()  # 0 <= beta_tilde <= beta
-    assert s.posterior_variance[0] == 0  # the last reverse step knows x_0 exactly
-    close(s.posterior_log_variance_clipped[1:], s.posterior_variance[1:].log())
-    if T > 1:  # log 0 replaced by the next step's value, as in improved-diffusion
-        assert s.posterior_log_variance_clipped[0] == s.posterior_variance[1].log()
-    close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0), rtol=1e-14, atol=0)
-    close(s.alphas_cumprod_prev[1:], ab[:-1], rtol=0, atol=0)
-    assert s.alphas_cumprod_prev[0] == 1
-    close(s.sqrt_alphas_cumprod ** 2, ab, rtol=1e-14, atol=0)
-    close(s.sqrt_one_minus_alphas_cumprod ** 2, 1 - ab, rtol=1e-14, atol=0)
-    close(s.snr, ab / (1 - ab), rtol=1e-14, atol=0)
+    inside = (ab > 0) & (ab < 1)
+    assert inside.all(), f"{where}: alpha_bar_t = {ab[first_false(inside)]:.6g} at t = {first_false(inside)}; " \
+                         "expected it inside (0, 1)"
+    falls = ab[1:] < ab[:-1]
+    assert falls.all(), (f"{where}: alpha_bar must fall at every step, but alpha_bar at t = {first_false(falls) + 1} "
+                         f"is {ab[first_false(falls) + 1]:.6g}, not below {ab[first_false(falls)]:.6g}")
+    bounded = (s.posterior_variance >= 0) & (s.posterior_variance <= s.betas)
+    assert bounded.all(), f"{where}: beta_tilde_t outside [0, beta_t] at t = {first_false(bounded)}"
+    assert s.posterior_variance[0] == 0, f"{where}: beta_tilde at t = 0 is {s.posterior_variance[0]}, expected 0"
+    close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0), f"{where}: alpha_bar_t against the product of "
+          "(1 - beta_s) for s <= t", rtol=1e-14, atol=0, index="t")
+    close(s.snr, ab / (1 - ab), f"{where}: SNR_t against alpha_bar_t / (1 - alpha_bar_t)", rtol=1e-14, atol=0,
+          index="t")
 
 
-@pytest.mark.ex5(depends=[3])
-@FAST
-@given(name=schedules, T=st.integers(1, 2000))
-def test_posterior_is_bayes_rule(name, T):
-    """q(x_{t-1}, x_t | x_0) is one Gaussian, reachable two ways: forwards, q(x_{t-1} | x_0) then
-    x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) noise; or backwards, q(x_t | x_0) then the posterior
-    N(coef1 x_0 + coef2 x_t, beta_tilde). The posterior is right iff both give the same mean, variance and
-    covariance; with a = alpha_bar_t, p = alpha_bar_{t-1}, these are the three identities below.
-    The posterior mean is linear in (x_0, x_t), so q_posterior at unit inputs reads off coef1 and coef2."""
-    s, t = Schedule(name, T), torch.arange(T)
-    one, zero = torch.ones(T, 1, dtype=torch.float64), torch.zeros(T, 1, dtype=torch.float64)
-    c1, var, log_var = (v.flatten() for v in s.q_posterior(one, zero, t))
-    c2 = s.q_posterior(zero, one, t)[0].flatten()
-    a, p = s.alphas_cumprod, s.alphas_cumprod_prev
-    # float64 rounding, amplified up to 1 / beta_1 times where 1 - alpha_bar_1 = 1 - (1 - beta_1) cancels
-    tol = dict(rtol=0, atol=16 * torch.finfo(torch.float64).eps / s.betas.min().item())
-    close(c1 + c2 * a.sqrt(), p.sqrt(), **tol)                           # E[x_{t-1} | x_0]
-    close(c2 ** 2 * (1 - a) + var, 1 - p, **tol)                         # Var[x_{t-1} | x_0]
-    close(c2 * (1 - a), s.alphas.sqrt() * (1 - p), **tol)                # Cov[x_{t-1}, x_t | x_0]
-    close(log_var, s.posterior_log_variance_clipped, rtol=0, atol=0)
+# Reference numbers: Ho et al. 2020's ends at T = 1000, and the same scaled by 1000 / T (the docstring).
+LINEAR_ENDS = {1000: (1e-4, 0.02), 500: (2e-4, 0.04), 50: (2e-3, 0.4)}
 
 
 @pytest.mark.ex3
-def test_schedule_definitions():
-    """The constants of the papers, and improved-diffusion's 1000 / T scaling of the linear ends."""
-    b = make_betas("linear", 1000)
-    assert b[0].item() == pytest.approx(1e-4) and b[-1].item() == pytest.approx(0.02)
-    b = make_betas("linear", 500)
-    assert b[0].item() == pytest.approx(2e-4) and b[-1].item() == pytest.approx(0.04)
-    q = make_betas("quadratic", 1000).sqrt()
-    assert q[0].item() == pytest.approx(1e-2) and q[-1].item() == pytest.approx(math.sqrt(0.02))
-    close(q.diff(), torch.full((999,), q.diff().mean().item(), dtype=torch.float64))
-    # cosine: alpha_bar_t = f(t) / f(0) wherever the 0.999 cap did not bite (only at the very end)
-    T, s = 1000, 0.008
-    f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
-    sched = Schedule("cosine", T)
-    capped = sched.betas == 0.999
-    assert capped.sum() == 1 and capped[-1]
-    close(sched.alphas_cumprod[:-1], (f[1:] / f[0])[:-1], rtol=1e-12, atol=0)
+@pytest.mark.parametrize("T", sorted(LINEAR_ENDS))
+def test_linear_schedule_ends(T):
+    b, (first, last) = make_betas("linear", T), LINEAR_ENDS[T]
+    assert b.shape == (T,), f"make_betas('linear', {T}) has shape {tuple(b.shape)}; expected ({T},)"
+    assert b[0].item() == pytest.approx(first) and b[-1].item() == pytest.approx(last), (
+        f"linear, T = {T}: betas run from {b[0].item():.6g} to {b[-1].item():.6g}; expected {first:g} to {last:g} "
+        "(1e-4 to 0.02, times 1000 / T)")
+    steps = b.diff()
+    assert torch.allclose(steps, steps.mean(), rtol=1e-9, atol=0), (
+        f"linear, T = {T}: betas must be evenly spaced; the steps range from {steps.min():.6g} to {steps.max():.6g}")
+
+
+@pytest.mark.ex3
+@pytest.mark.parametrize("T", sorted(LINEAR_ENDS))
+def test_quadratic_schedule_ends(T):
+    """Its ends are the linear schedule's for the same T (scaled by 1000 / T too); sqrt(beta) is evenly spaced."""
+    b, (first, last) = make_betas("quadratic", T), LINEAR_ENDS[T]
+    assert b.shape == (T,), f"make_betas('quadratic', {T}) has shape {tuple(b.shape)}; expected ({T},)"
+    assert b[0].item() == pytest.approx(first) and b[-1].item() == pytest.approx(last), (
+        f"quadratic, T = {T}: betas run from {b[0].item():.6g} to {b[-1].item():.6g}; expected {first:g} to "
+        f"{last:g}, the ends of the linear schedule for T = {T}")
+    steps = b.sqrt().diff()
+    assert torch.allclose(steps, steps.mean(), rtol=1e-9, atol=0), (
+        f"quadratic, T = {T}: sqrt(beta) must be evenly spaced; its steps range from {steps.min():.6g} to "
+        f"{steps.max():.6g}")
+
+
+@pytest.mark.ex3
+@pytest.mark.parametrize("T", sorted(REFERENCE["cosine_alpha_bar"], key=int))
+def test_cosine_schedule_matches_stored_alpha_bar(T):
+    """alpha_bar_t = f(t) / f(0) of Nichol & Dhariwal's Eq. 17, stored at a few t; the 0.999 cap bites only at
+    the last step."""
+    s, stored = Schedule("cosine", int(T)), REFERENCE["cosine_alpha_bar"][T]
+    t = torch.tensor([int(k) for k in stored])
+    close(s.alphas_cumprod[t], [stored[k] for k in stored], f"cosine, T = {T}: alpha_bar_t (Nichol & Dhariwal, "
+          f"Eq. 17, beta capped at 0.999) at t = {t.tolist()}", rtol=1e-10, atol=0, index="entry")
+    capped = (s.betas == 0.999).nonzero().flatten().tolist()
+    assert capped == [int(T) - 1], f"cosine, T = {T}: beta is capped at 0.999 at t = {capped}; expected only at " \
+                                   f"the last step, t = {int(T) - 1}"
 
 
 def test_from_betas_matches_named_schedule():
@@ -114,111 +164,192 @@ def test_from_betas_matches_named_schedule():
     custom = Schedule.from_betas(named.betas.tolist())
     assert custom.T == 37 and custom.name == "custom"
     for table in ("alphas_cumprod", "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2"):
-        close(getattr(custom, table), getattr(named, table), rtol=0, atol=0)
+        close(getattr(custom, table), getattr(named, table), table, rtol=0, atol=0)
 
 
-# --- the forward process --------------------------------------------------------------------------------
+# --- the forward process (exercise 4) and the posterior (exercise 5) --------------------------------------
 
-@pytest.mark.ex4(depends=[3])
+@pytest.mark.ex4
 @settings(max_examples=15, deadline=None)
-@given(name=schedules, pairs=st.lists(st.tuples(st.integers(0, 999), st.floats(-1, 1)), min_size=1, max_size=4),
-       seed=st.integers(0, 2 ** 31))
-def test_q_sample_statistics(name, pairs, seed):
+@given(s=stand_ins(max_T=1000), data=st.data(), seed=st.integers(0, 2 ** 31))
+def test_q_sample_statistics(s, data, seed):
     """Over many noise draws, x_t = q_sample(x_0, t, noise) has mean sqrt(alpha_bar_t) x_0 and variance
     1 - alpha_bar_t (Eq. 4). Each row of the batch is one (t, x_0) pair with N draws."""
-    s, N = Schedule(name, 1000), 20_000
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, s.T - 1), st.floats(-1, 1)), min_size=1, max_size=4))
+    N = 20_000
     t = torch.tensor([p[0] for p in pairs])
     x0 = torch.tensor([p[1] for p in pairs], dtype=torch.float64)[:, None].expand(-1, N)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x_t = s.q_sample(x0, t, noise)
+    assert x_t.shape == x0.shape, f"q_sample returned shape {tuple(x_t.shape)} for x_0 of shape {tuple(x0.shape)}"
     mean, var = s.alphas_cumprod[t].sqrt() * x0[:, 0], 1 - s.alphas_cumprod[t]
-    assert ((x_t.mean(1) - mean).abs() <= Z * (var / N).sqrt()).all()
-    assert ((x_t.var(1) - var).abs() <= Z * var * math.sqrt(2 / (N - 1))).all()
+    for i, (got_mean, got_var) in enumerate(zip(x_t.mean(1).tolist(), x_t.var(1).tolist())):
+        where = f"t = {int(t[i])}, x_0 = {x0[i, 0]:.3g}"
+        allowed = Z * math.sqrt(var[i] / N)
+        assert abs(got_mean - mean[i]) <= allowed, (
+            f"q_sample: mean {got_mean:.4g} at {where}; expected sqrt(alpha_bar_t) x_0 = {mean[i]:.4g} "
+            f"(+- {allowed:.2g} over {N} draws)")
+        allowed = Z * var[i] * math.sqrt(2 / (N - 1))
+        assert abs(got_var - var[i]) <= allowed, (
+            f"q_sample: variance {got_var:.4g} at {where}; expected 1 - alpha_bar_t = {var[i]:.4g} "
+            f"(+- {allowed:.2g} over {N} draws)")
 
 
-@pytest.mark.ex4(depends=[3])
+@pytest.mark.ex4
 @FAST
-@given(name=schedules, T=st.integers(1, 2000), seed=st.integers(0, 2 ** 31))
-def test_predict_x0_inverts_q_sample(name, T, seed):
-    s, g = Schedule(name, T), torch.Generator().manual_seed(seed)
+@given(s=stand_ins(), seed=st.integers(0, 2 ** 31))
+def test_predict_x0_inverts_q_sample(s, seed):
+    """Eq. 15 (predict_x0_from_eps, given) undoes Eq. 9 when it gets the same eps."""
+    g, T = torch.Generator().manual_seed(seed), s.T
     x0 = torch.rand(16, 3, generator=g, dtype=torch.float64) * 2 - 1
     eps = torch.randn(16, 3, generator=g, dtype=torch.float64)
     t = torch.randint(0, T, (16,), generator=g)
     t[0] = T - 1  # the noisiest step divides by the smallest sqrt(alpha_bar)
     x_t = s.q_sample(x0, t, eps)
     # float64 rounding in x_t - sqrt(1 - alpha_bar) eps, amplified by the division by sqrt(alpha_bar_t)
-    # (which reaches 1e-9 for the capped schedules at small T)
     bound = 8 * torch.finfo(torch.float64).eps * (1 + x_t.abs() + eps.abs()) / s.sqrt_alphas_cumprod[t, None]
-    assert ((s.predict_x0_from_eps(x_t, t, eps) - x0).abs() <= bound).all()
+    back = s.predict_x0_from_eps(x_t, t, eps)
+    if not ((back - x0).abs() <= bound).all():
+        i, j = first_false((back - x0).abs() <= bound)
+        raise AssertionError(f"q_sample then Eq. 15 (predict_x0_from_eps) should give x_0 back: got {back[i, j]:.6g} "
+                             f"at t = {int(t[i])}, expected x_0 = {x0[i, j]:.6g}; is x_t = q_sample(x_0, t, eps) "
+                             "Eq. 9, with this eps?")
 
 
-# --- the reverse process, step by step ------------------------------------------------------------------
+@pytest.mark.ex5
+@FAST
+@given(s=stand_ins())
+def test_posterior_is_bayes_rule(s):
+    """q(x_{t-1}, x_t | x_0) is one Gaussian, reachable two ways: forwards, q(x_{t-1} | x_0) then
+    x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) noise; or backwards, q(x_t | x_0) then the posterior
+    N(c1 x_0 + c2 x_t, beta_tilde). The posterior is right iff both give the same mean, variance and
+    covariance; with a = alpha_bar_t, p = alpha_bar_{t-1}, these are the three identities below.
+    The posterior mean is linear in (x_0, x_t), so q_posterior at unit inputs reads off c1 and c2."""
+    T, t = s.T, torch.arange(s.T)
+    one, zero = torch.ones(T, 1, dtype=torch.float64), torch.zeros(T, 1, dtype=torch.float64)
+    c1, var, log_var = (v.flatten() for v in s.q_posterior(one, zero, t))
+    c2 = s.q_posterior(zero, one, t)[0].flatten()
+    a, p = s.alphas_cumprod, s.alphas_cumprod_prev
+    # float64 rounding, amplified up to 1 / beta_1 times where 1 - alpha_bar_1 = 1 - (1 - beta_1) cancels
+    tol = dict(rtol=0, atol=16 * torch.finfo(torch.float64).eps / s.betas.min().item(), index="t")
+    close(c1 + c2 * a.sqrt(), p.sqrt(), "q_posterior: E[x_(t-1) | x_0] = c1 + c2 sqrt(alpha_bar_t) should be "
+          "sqrt(alpha_bar_(t-1)), where c1, c2 are the mean's coefficients of x_0 and x_t", **tol)
+    close(c2 ** 2 * (1 - a) + var, 1 - p, "q_posterior: Var[x_(t-1) | x_0] = c2^2 (1 - alpha_bar_t) + variance "
+          "should be 1 - alpha_bar_(t-1)", **tol)
+    close(c2 * (1 - a), s.alphas.sqrt() * (1 - p), "q_posterior: Cov[x_(t-1), x_t | x_0] = c2 (1 - alpha_bar_t) "
+          "should be sqrt(alpha_t) (1 - alpha_bar_(t-1))", **tol)
+    close(log_var, s.posterior_log_variance_clipped, "q_posterior: its log variance should be the table "
+          "posterior_log_variance_clipped", rtol=0, atol=0, index="t")
+
+
+# --- the reverse process, step by step (exercises 6 and 7) ------------------------------------------------
 
 def toy_model(x, t):
     """Any deterministic eps predictor will do; this one makes x_0_hat leave [-1, 1] so clipping acts."""
     return torch.sin(3 * x) + 0.001 * t.view(-1, *[1] * (x.dim() - 1))
 
 
-@pytest.mark.ex6(depends=[3, 5])
-@FAST
-@given(name=schedules, T=st.integers(1, 300), variance=st.sampled_from(["beta", "beta_tilde"]),
-       seed=st.integers(0, 2 ** 31))
-def test_ddpm_step_two_routes_agree(name, T, variance, seed):
-    """Without clipping, "x_0_hat (Eq. 15) then the posterior mean (Eq. 7)" is Eq. 11, plus sigma_t z."""
-    s, g = Schedule(name, T), torch.Generator().manual_seed(seed)
-    x_t = 2 * torch.randn(32, 2, generator=g, dtype=torch.float64)
-    t = torch.randint(0, T, (32,), generator=g)
-    x_prev, _ = s.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(seed), clip_x0=False,
-                           variance=variance)
-    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    beta, alpha, a = (v[t][:, None] for v in (s.betas, s.alphas, s.alphas_cumprod))
-    sigma2 = beta if variance == "beta" else s.posterior_variance[t][:, None]
-    eq11 = (x_t - beta / (1 - a).sqrt() * toy_model(x_t, t)) / alpha.sqrt()
-    expected = eq11 + (t > 0)[:, None] * sigma2.sqrt() * z
-    close(x_prev, expected, rtol=1e-9, atol=1e-9)
+def with_stand_in_posterior(s):
+    """`s` with a made-up q_posterior (mean 0.25 x_0 + 0.5 x_t, which is not Eq. 7, and the true variances) in
+    place of exercise 5's, so that exercise 6 is graded on its own. p_sample must take its mean from
+    self.q_posterior, as its docstring says; the stored values were computed the same way."""
+    def q_posterior(x0, x_t, t):
+        return 0.25 * x0 + 0.5 * x_t, s._at(s.posterior_variance, t, x_t), s._at(s.posterior_log_variance_clipped,
+                                                                                t, x_t)
+    s.q_posterior = q_posterior
+    return s
 
 
-@pytest.mark.ex6(depends=[3, 5])
+def step_inputs(T=30, seed=0, ddim=False):
+    """The inputs of the stored step cases: 16 x_t of two numbers, at t from 0 to T - 1 (both ends included);
+    for DDIM also t_prev from -1 (x_0 itself) to t - 1."""
+    g = torch.Generator().manual_seed(seed)
+    x_t = 2 * torch.randn(16, 2, generator=g, dtype=torch.float64)
+    t = torch.randint(1 if ddim else 0, T, (16,), generator=g)
+    t[0], t[1] = T - 1, 1 if ddim else 0
+    if not ddim:
+        return x_t, t
+    t_prev = (torch.rand(16, generator=g, dtype=torch.float64) * (t + 1)).long() - 1  # uniform in -1..t-1
+    t_prev[0], t_prev[1] = T - 2, -1
+    return x_t, t, t_prev
+
+
+@pytest.mark.ex6
+@pytest.mark.parametrize("case", REFERENCE["ddpm_step"], ids=lambda c: f"{c['variance']}-clip{c['clip_x0']}")
+def test_ddpm_step_matches_stored_values(case):
+    """One p_sample step (Algorithm 2, mean by way of x_0_hat and the posterior) against the reference's own
+    output for the same inputs, noise and (stand-in) posterior."""
+    s = with_stand_in_posterior(stand_in(30))
+    x_t, t = step_inputs()
+    x_prev, x0_hat = s.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(7),
+                                clip_x0=case["clip_x0"], variance=case["variance"])
+    what = f"p_sample (variance={case['variance']!r}, clip_x0={case['clip_x0']})"
+    close(x0_hat, case["x0_hat"], f"{what}: its x_0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
+          rtol=1e-9, atol=1e-9, index="row")
+    close(x_prev, case["x_prev"], f"{what}: x_(t-1) = posterior mean + sigma_t z, with z = 0 at t = 0 "
+          f"(rows 0 and 1 are t = {int(t[0])} and t = 0)", rtol=1e-9, atol=1e-9, index="row")
+
+
+@pytest.mark.ex6
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
 def test_last_ddpm_step_adds_no_noise(variance):
-    s = Schedule("linear", 50)
+    s = with_stand_in_posterior(stand_in(50))
     x_t, t = torch.randn(8, 1, 4, 4, dtype=torch.float64), torch.zeros(8, dtype=torch.long)
     out = [s.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(k), clip_x0=False,
                       variance=variance) for k in (1, 2)]
-    close(out[0][0], out[1][0], rtol=0, atol=0)  # the noise drawn does not matter
-    close(out[0][0], out[0][1], rtol=1e-12, atol=1e-12)  # x_0 = x_0_hat from x_1
+    close(out[0][0], out[1][0], "p_sample at t = 0 (paper step 1) with two different noise seeds: Algorithm 2 "
+          "adds no noise at the last step (z = 0)", rtol=0, atol=0, index="sample")
+    close(out[0][0], 0.25 * out[0][1] + 0.5 * x_t, "p_sample at t = 0: the posterior mean of (x_0_hat, x_t), "
+          "nothing added", rtol=1e-12, atol=1e-12, index="sample")
 
 
-@pytest.mark.ex7(depends=[3, 5, 6])
+@pytest.mark.ex7
+@pytest.mark.parametrize("case", REFERENCE["ddim_step"], ids=lambda c: f"eta{c['eta']}-clip{c['clip_x0']}")
+def test_ddim_step_matches_stored_values(case):
+    """One ddim_step (Song et al. 2021, Eqs. 12 and 16) against the reference's output for the same inputs and
+    noise: at eta = 0.5 this checks sigma^2 exactly, which the sampling statistics below only roughly can."""
+    s = stand_in(30)
+    x_t, t, t_prev = step_inputs(ddim=True)
+    x_prev, x0_hat = s.ddim_step(toy_model, x_t, t, t_prev, eta=case["eta"],
+                                 generator=torch.Generator().manual_seed(7), clip_x0=case["clip_x0"])
+    what = f"ddim_step (eta = {case['eta']}, clip_x0={case['clip_x0']})"
+    close(x0_hat, case["x0_hat"], f"{what}: its x_0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
+          rtol=1e-9, atol=1e-9, index="row")
+    close(x_prev, case["x_prev"], f"{what}: x_prev of Eq. 12 with Eq. 16's sigma (rows 0 and 1 go from t = "
+          f"{int(t[0])} to {int(t_prev[0])} and from t = 1 to x_0)", rtol=1e-9, atol=1e-9, index="row")
+
+
+@pytest.mark.ex7
 @pytest.mark.parametrize("clip_x0", [False, True])
 def test_ddim_eta1_over_consecutive_steps_is_ddpm_beta_tilde(clip_x0):
     """With eta = 1 and steps = T, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the posterior
-    mean, so the two samplers must produce the same samples from the same seed (with clipping too, because
-    DDIM rederives eps from the clipped x_0_hat)."""
-    s = Schedule("cosine", 40)
-    ddpm, _ = s.p_sample_loop(toy_model, (16, 3), generator=torch.Generator().manual_seed(5), dtype=torch.float64,
-                              clip_x0=clip_x0, variance="beta_tilde")
-    ddim, _ = s.ddim_sample_loop(toy_model, (16, 3), steps=40, eta=1.0, generator=torch.Generator().manual_seed(5),
+    mean, so DDIM must reproduce DDPM's samples (stored, from the reference's p_sample_loop) from the same
+    seed (with clipping too, because DDIM rederives eps from the clipped x_0_hat)."""
+    s = stand_in(40)
+    ddim, _ = s.ddim_sample_loop(toy_model, (8, 3), steps=40, eta=1.0, generator=torch.Generator().manual_seed(5),
                                  dtype=torch.float64, clip_x0=clip_x0)
-    close(ddim, ddpm, rtol=1e-10, atol=1e-10)
+    close(ddim, REFERENCE["ddpm_beta_tilde_samples"][str(clip_x0)], f"DDIM, eta = 1, all 40 steps, clip_x0="
+          f"{clip_x0}: its samples against DDPM's (variance beta_tilde) from the same seed", rtol=1e-10, atol=1e-10,
+          index="sample")
 
 
-@pytest.mark.ex7(depends=[3])
+@pytest.mark.ex7
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_last_step_returns_x0_hat(eta):
-    s = Schedule("linear", 100)
+    s = stand_in(100)
     timesteps = s.ddim_timesteps(7)
     x, traj = s.ddim_sample_loop(toy_model, (4, 5), steps=7, eta=eta, generator=torch.Generator().manual_seed(0),
                                  record=timesteps)
     assert [r[0] for r in traj] == timesteps
-    close(x, traj[-1][2], rtol=0, atol=0)  # alpha_bar_prev = 1: no residual noise
+    close(x, traj[-1][2], f"DDIM (eta = {eta}): the last step goes to alpha_bar = 1, so it should return its "
+          "x_0_hat exactly, with no noise left", rtol=0, atol=0, index="sample")
 
 
 @FAST
 @given(T=st.integers(1, 2000), data=st.data())
 def test_ddim_timesteps(T, data):
     steps = data.draw(st.integers(1, T))
-    ts = Schedule("linear", T).ddim_timesteps(steps)
+    ts = Schedule.from_betas(torch.full((T,), 0.01)).ddim_timesteps(steps)
     assert len(ts) == steps and ts[0] == T - 1 and ts[-1] >= 0
     assert all(a > b for a, b in zip(ts, ts[1:]))
     if steps == T:
@@ -238,94 +369,83 @@ def eps_star(s):
     return model
 
 
-def exact_moments(step, n):
-    """Mean and std of the discrete sampler's output, exactly. With eps* affine in x, each of the n steps is
-    x -> A_k x + c_k + sigma_k z, so x_T ~ N(0, 1) stays Gaussian; `step(x)` applies all n noise-free steps
-    to a column x of shape (n, 1) at once and returns them with sigma_k^2, which gives every A_k and c_k."""
-    c, var = step(torch.zeros(n, 1, dtype=torch.float64))
-    A = step(torch.ones(n, 1, dtype=torch.float64))[0] - c
-    m, v = 0.0, 1.0
-    for A_k, c_k, var_k in zip(A.flatten().tolist(), c.flatten().tolist(), var.flatten().tolist()):
-        m, v = A_k * m + c_k, A_k ** 2 * v + var_k
-    return m, math.sqrt(v)
-
-
-# The two chains below are written from the papers' formulas, independently of schedule.py's code paths.
-
-def ddpm_moments(s, variance):
-    t = torch.arange(s.T - 1, -1, -1)  # sampling order
-    beta, alpha, a = (table[t, None] for table in (s.betas, s.alphas, s.alphas_cumprod))
-    sigma2 = (beta if variance == "beta" else s.posterior_variance[t, None]) * (t[:, None] > 0)  # Algorithm 2
-
-    def step(x):  # Eq. 11
-        return (x - beta / (1 - a).sqrt() * eps_star(s)(x, t)) / alpha.sqrt(), sigma2
-    return exact_moments(step, s.T)
-
-
-def ddim_moments(s, steps, eta):
-    timesteps = s.ddim_timesteps(steps)
-    t, t_prev = torch.tensor(timesteps), torch.tensor(timesteps[1:] + [-1])
-    a = s.alphas_cumprod[t, None]
-    p = torch.where(t_prev >= 0, s.alphas_cumprod[t_prev.clamp(min=0)], 1.0)[:, None]
-    sigma2 = eta ** 2 * (1 - p) / (1 - a) * (1 - a / p)  # Song et al. 2021, Eq. 16
-
-    def step(x):  # Eq. 12
-        eps = eps_star(s)(x, t)
-        x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
-        return p.sqrt() * x0_hat + (1 - p - sigma2).sqrt() * eps, sigma2
-    return exact_moments(step, steps)
-
-
-def check_samples(x, m, sd):
+def check_samples(x, m, sd, what):
     """The empirical mean and std of x (all entries i.i.d.) match the exact m, sd up to sampling error."""
     n = x.numel()
-    assert abs(x.mean().item() - m) <= Z * sd / math.sqrt(n), (x.mean().item(), m)
-    assert abs(x.std().item() - sd) <= Z * sd / math.sqrt(2 * (n - 1)), (x.std().item(), sd)
+    mean, std = x.mean().item(), x.std().item()
+    assert abs(mean - m) <= Z * sd / math.sqrt(n), (
+        f"{what}: sample mean {mean:.5f}, expected {m:.5f} (+- {Z * sd / math.sqrt(n):.5f} over {n} samples)")
+    assert abs(std - sd) <= Z * sd / math.sqrt(2 * (n - 1)), (
+        f"{what}: sample std {std:.5f}, expected {sd:.5f} (+- {Z * sd / math.sqrt(2 * (n - 1)):.5f} over {n} samples)")
 
 
-# Each schedule once; the two DDPM variance choices alternate so that both are covered.
-@pytest.mark.ex6(depends=[3, 5])
-@pytest.mark.parametrize("name,variance", [("linear", "beta"), ("cosine", "beta_tilde"), ("quadratic", "beta")])
-def test_ddpm_samples_gaussian_data(name, variance):
-    s = Schedule(name, 1000)
-    m, sd = ddpm_moments(s, variance)
-    # The discrete chain with T = 1000 reproduces the data distribution to within 1% of SD...
-    assert abs(m - MU) < 0.01 * SD and abs(sd - SD) < 0.01 * SD, (m, sd)
-    # ...and the code produces exactly that chain. (N scalars as a (10, N/10) batch: fewer coefficient gathers.)
+# The exact mean and std of each sampler's output, stored: with eps* affine in x, every step is an affine map
+# plus Gaussian noise, so the output is Gaussian with moments the reference computed from the papers' formulas.
+# DDIM: each stand-in shape; DDPM: both variance choices, and the back-loaded shape (with the flat one, T = 1000
+# steps of DDPM end 1% off the data's std: the discrete chain's own error, not the code's).
+@pytest.mark.ex6(depends=[5])
+@pytest.mark.parametrize("power,variance", [(1, "beta"), (1, "beta_tilde"), (3, "beta")])
+def test_ddpm_samples_gaussian_data(power, variance):
+    """Algorithm 2 with the exact eps* turns N(0, I) into the data's N(0.3, 0.5^2), to within 1% for T = 1000,
+    and the code must give exactly that discrete chain's mean and std. It runs your q_posterior (exercise 5)."""
+    s = stand_in(1000, power=power)
+    m, sd = REFERENCE["ddpm_moments"][f"{power}-{variance}"]
+    # N scalars as a (10, N/10) batch: fewer coefficient gathers
     x, _ = s.p_sample_loop(eps_star(s), (10, N // 10), generator=torch.Generator().manual_seed(0),
                            dtype=torch.float64, clip_x0=False, variance=variance)
-    check_samples(x, m, sd)
+    check_samples(x, m, sd, f"DDPM (variance={variance!r}, stand-in schedule t^{power}, T = 1000) on N({MU}, {SD}^2) "
+                  "data with the exact eps*")
 
 
-@pytest.mark.ex7(depends=[3])
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.ex7
+@pytest.mark.parametrize("power", SHAPES)
 @pytest.mark.parametrize("steps", [50, 10])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_ddim_samples_gaussian_data(name, steps, eta):
-    """The mean comes out right; the std comes out smaller than SD (see the next test), and the code must
-    reproduce that exact discrete behaviour, not the ideal one."""
-    s = Schedule(name, 1000)
-    m, sd = ddim_moments(s, steps, eta)
-    assert abs(m - MU) < 0.01 * SD and sd < SD, (m, sd)
+def test_ddim_samples_gaussian_data(power, steps, eta):
+    """The mean comes out right; the std comes out smaller than SD (few DDIM steps under-disperse), and the code
+    must reproduce that exact discrete behaviour, not the ideal one."""
+    s = stand_in(1000, power=power)
+    m, sd = REFERENCE["ddim_moments"][f"{power}-{steps}-{eta}"]
     x, _ = s.ddim_sample_loop(eps_star(s), (10, N // 10), steps=steps, eta=eta,
                               generator=torch.Generator().manual_seed(1), dtype=torch.float64, clip_x0=False)
-    check_samples(x, m, sd)
-
-
-@pytest.mark.parametrize("name", SCHEDULES)
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_ddim_std_gap_closes_with_more_steps(name, eta):
-    """Even with the exact eps*, few DDIM steps under-disperse Gaussian data. At eta = 0, a step from a to p
-    (alpha_bar at t and t_prev) maps x_t to sqrt(p) x0_hat + sqrt(1 - p) eps_hat, whose variance, when x_t has
-    its true variance a SD^2 + 1 - a, is (sqrt(a p) SD^2 + sqrt((1 - a)(1 - p)))^2 / (a SD^2 + 1 - a): below
-    the true p SD^2 + 1 - p by Cauchy-Schwarz, equal only if SD = 1 or p = a. The gap shrinks with the step
-    size, and with all 1000 steps the std is within 1% of SD."""
-    s = Schedule(name, 1000)
-    sd10, sd50, sd1000 = (ddim_moments(s, steps, eta)[1] for steps in (10, 50, 1000))
-    assert sd10 < sd50 < sd1000 and abs(sd1000 - SD) < 0.01 * SD, (sd10, sd50, sd1000)
+    check_samples(x, m, sd, f"DDIM ({steps} steps, eta = {eta}, stand-in schedule t^{power}) on N({MU}, {SD}^2) "
+                  "data with the exact eps*")
 
 
 # --- shapes, dtypes, devices, seeds, trajectories ---------------------------------------------------------
+
+def call(method, s, dtype, device):
+    """Run `method` of s on a small batch of `dtype` on `device`: {name of each output: the output}."""
+    x0 = torch.rand(3, 1, 5, 4, dtype=dtype, device=device) * 2 - 1
+    eps, t = torch.randn_like(x0), torch.tensor([0, 7, 29], device=device)
+    g = torch.Generator(device).manual_seed(0)
+    if method == "q_sample":
+        return x0, dict(x_t=s.q_sample(x0, t, eps))
+    if method == "q_posterior":
+        return x0, dict(zip(["mean", "variance", "log_variance"], s.q_posterior(x0, eps, t)))
+    if method == "p_sample":
+        return x0, dict(zip(["x_(t-1)", "x_0_hat"], with_stand_in_posterior(s).p_sample(toy_model, eps, t,
+                                                                                        generator=g)))
+    return x0, dict(zip(["x_prev", "x_0_hat"], s.ddim_step(toy_model, eps, t, t - 1, eta=0.5, generator=g)))
+
+
+@pytest.mark.parametrize("method", [pytest.param("q_sample", marks=pytest.mark.ex4),
+                                    pytest.param("q_posterior", marks=pytest.mark.ex5),
+                                    pytest.param("p_sample", marks=pytest.mark.ex6),
+                                    pytest.param("ddim_step", marks=pytest.mark.ex7)])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keeps_dtype_and_device(method, device, dtype):
+    """The tables are float64 on the CPU; what comes out must still have x's dtype and device, or Part 2's
+    float32 model (and any GPU run) breaks. self._at(table, t, x) casts the gathered values for you."""
+    x0, outputs = call(method, stand_in(30), dtype, device)
+    for name, out in outputs.items():
+        shape = (3, 1, 1, 1) if name in ("variance", "log_variance") else x0.shape
+        assert out.dtype == dtype and out.device == x0.device, (
+            f"{method} returned its {name} as {out.dtype} on {out.device} for {dtype} input on {x0.device}; "
+            f"expected {dtype} on {x0.device}")
+        assert out.shape == shape, f"{method} returned its {name} with shape {tuple(out.shape)}; expected {shape}"
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -349,49 +469,60 @@ def test_shape_dtype_device_pass_through(device, dtype):
         assert all(r[1].device.type == r[2].device.type == "cpu" and r[1].shape == x.shape for r in traj)
 
 
-@pytest.mark.ex6(depends=[3, 5])
+@pytest.mark.ex6
 def test_model_sees_long_timesteps_in_sampling_order():
     seen = []
-    s = Schedule("linear", 5)
+    s = with_stand_in_posterior(stand_in(5))
     s.p_sample_loop(lambda x, t: seen.append(t) or torch.zeros_like(x), (3, 2))
-    assert [tt.tolist() for tt in seen] == [[t] * 3 for t in (4, 3, 2, 1, 0)]
-    assert all(tt.dtype == torch.long for tt in seen)
+    got = [tt.tolist() for tt in seen]
+    assert got == [[t] * 3 for t in (4, 3, 2, 1, 0)], (
+        f"p_sample_loop over T = 5 steps called the model with t = {got}; expected [4, 4, 4], [3, 3, 3], ..., "
+        "[0, 0, 0]: p_sample should call model(x_t, t) once, with the t it was given")
+    assert all(tt.dtype == torch.long for tt in seen), "p_sample should pass the model t as given (long)"
 
 
-@pytest.mark.ex6(depends=[3, 5])
+@pytest.mark.ex6
 def test_clipping_keeps_x0_hat_in_data_range():
-    s = Schedule("linear", 20)
+    s = with_stand_in_posterior(stand_in(20))
     for clip_x0 in (True, False):
         _, traj = s.p_sample_loop(toy_model, (8, 3), generator=torch.Generator().manual_seed(0), clip_x0=clip_x0,
                                   record=range(20))
         largest = max(r[2].abs().max().item() for r in traj)
-        assert largest <= 1 if clip_x0 else largest > 1  # the toy model needs it
+        if clip_x0:
+            assert largest <= 1, f"p_sample with clip_x0=True returned an x_0_hat of {largest:.3g}; expected " \
+                                 "every value clamped to [-1, 1]"
+        else:
+            assert largest > 1, f"p_sample with clip_x0=False returned x_0_hat within [-1, 1] only; this toy " \
+                                f"model's Eq. 15 prediction reaches {largest:.3g}: clamp only when clip_x0"
 
 
-@pytest.mark.ex6(depends=[3, 5])
+@pytest.mark.ex6
 def test_trajectory_holds_x_t_and_its_x0_hat():
-    s = Schedule("linear", 20)
+    s = with_stand_in_posterior(stand_in(20))
     x, traj = s.p_sample_loop(toy_model, (4, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64,
                               clip_x0=False, record=range(20))
     assert [r[0] for r in traj] == list(range(19, -1, -1)) and traj[-1][2].shape == x.shape
     for t, x_t, x0_hat in traj:
         tt = torch.full((4,), t)
-        close(x0_hat, s.predict_x0_from_eps(x_t, tt, toy_model(x_t, tt)))
+        close(x0_hat, s.predict_x0_from_eps(x_t, tt, toy_model(x_t, tt)), f"p_sample's x_0_hat at t = {t}, "
+              "against Eq. 15 (predict_x0_from_eps) of the model's eps", index="sample")
     assert s.p_sample_loop(toy_model, (4, 3))[1] == []
 
 
-@pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.ex6(depends=[3, 5])),
-                                     pytest.param("ddim", marks=pytest.mark.ex7(depends=[3]))])
+@pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.ex6),
+                                     pytest.param("ddim", marks=pytest.mark.ex7)])
 def test_same_seed_same_samples(sampler):
-    s = Schedule("quadratic", 25)
+    s = with_stand_in_posterior(stand_in(25))
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
         if sampler == "ddpm":
             return s.p_sample_loop(toy_model, (6, 2), generator=g)[0]
         return s.ddim_sample_loop(toy_model, (6, 2), steps=8, eta=0.5, generator=g)[0]
-    close(run(11), run(11), rtol=0, atol=0)
-    assert not torch.equal(run(11), run(12))
+    close(run(11), run(11), f"{sampler}: two runs from seed 11 (all noise must come from `generator`)", rtol=0,
+          atol=0, index="sample")
+    assert not torch.equal(run(11), run(12)), f"{sampler}: seeds 11 and 12 gave the same samples; draw z from " \
+                                              "`generator`"
 
 
 # --- classifier-free guidance ---------------------------------------------------------------------------
@@ -408,9 +539,9 @@ def test_classifier_free_guidance():
     calls.clear()
     for scale in (0.0, 1.0, 3.5):
         close(classifier_free_guidance(model, y, scale, null_label=10)(x, t), uncond + scale * (cond - uncond),
-              rtol=1e-6, atol=1e-5)  # float32
+              f"guided eps at scale {scale}", rtol=1e-6, atol=1e-5)  # float32
     assert calls == [8, 8, 8]  # both halves in one batched call
-    close(classifier_free_guidance(model, y, 1.0, 10)(x, t), cond, rtol=1e-6, atol=1e-5)
+    close(classifier_free_guidance(model, y, 1.0, 10)(x, t), cond, "guided eps at scale 1", rtol=1e-6, atol=1e-5)
 
 
 # --- bad input ------------------------------------------------------------------------------------------
@@ -424,18 +555,18 @@ def test_classifier_free_guidance():
     (lambda: Schedule.from_betas([0.0, 0.1]), ["betas[0] = 0.0", "(0, 1)"]),
     (lambda: Schedule.from_betas([0.1, float("nan")]), ["betas[1] = nan", "(0, 1)"]),
     (lambda: Schedule.from_betas([]), ["shape (0,)", "length T >= 1"]),
-    (lambda: Schedule("linear", 10).ddim_timesteps(0), ["got 0", "from 1 to T = 10"]),
-    (lambda: Schedule("linear", 10).ddim_sample_loop(toy_model, (1, 1), steps=11), ["got 11", "from 1 to T = 10"]),
-    (lambda: Schedule("linear", 10).q_sample(torch.zeros(2, 1), torch.tensor([0, 10]), torch.zeros(2, 1)),
+    (lambda: stand_in(10).ddim_timesteps(0), ["got 0", "from 1 to T = 10"]),
+    (lambda: stand_in(10).ddim_sample_loop(toy_model, (1, 1), steps=11), ["got 11", "from 1 to T = 10"]),
+    (lambda: stand_in(10).q_sample(torch.zeros(2, 1), torch.tensor([0, 10]), torch.zeros(2, 1)),
      ["t = 10", "from 0 to 9"]),
-    (lambda: Schedule("linear", 10).p_sample(toy_model, torch.zeros(2, 1), torch.tensor([-1, 3])),
+    (lambda: stand_in(10).p_sample(toy_model, torch.zeros(2, 1), torch.tensor([-1, 3])),
      ["t = -1", "from 0 to 9"]),
-    (lambda: Schedule("linear", 10).ddim_step(toy_model, torch.zeros(2, 1), torch.tensor([4, 4]), torch.tensor([3, 4])),
+    (lambda: stand_in(10).ddim_step(toy_model, torch.zeros(2, 1), torch.tensor([4, 4]), torch.tensor([3, 4])),
      ["t_prev = 4 for t = 4", "[-1, t - 1]"]),
-    (lambda: Schedule("linear", 10).p_sample_loop(toy_model, (1, 1), record=[3, 10]), ["timestep 10", "from 0 to 9"]),
-    (lambda: Schedule("linear", 10).p_sample(toy_model, torch.zeros(1, 1), torch.tensor([3]), variance="large"),
+    (lambda: stand_in(10).p_sample_loop(toy_model, (1, 1), record=[3, 10]), ["timestep 10", "from 0 to 9"]),
+    (lambda: stand_in(10).p_sample(toy_model, torch.zeros(1, 1), torch.tensor([3]), variance="large"),
      ["'large'", "'beta' or 'beta_tilde'"]),
-    (lambda: Schedule("linear", 10).ddim_sample_loop(toy_model, (1, 1), steps=5, eta=1.5), ["eta = 1.5", "[0, 1]"]),
+    (lambda: stand_in(10).ddim_sample_loop(toy_model, (1, 1), steps=5, eta=1.5), ["eta = 1.5", "[0, 1]"]),
 ])
 def test_bad_input_names_value_and_range(call, fragments):
     with pytest.raises(ValueError) as error:
