@@ -4,6 +4,7 @@
     python bench.py unet      # the U-Net's training and inference throughput (and diffusers', if installed)
     python bench.py train     # Part 2: training speed, sampling time, sample quality (and diffusers')
     python bench.py reference # Part 2: make reference/checkpoint.pt (3000 steps, seed 0) and measure it
+    python bench.py autoencoder # Part 3's autoencoder: reconstruction error, FID of reconstructions
 
 Run them on a quiet machine: other work on the same cores changes every timing.
 """
@@ -419,7 +420,41 @@ def bench_reference(argv):
         print(f"{what:28s} {value}")
 
 
-BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "reference": bench_reference}
+# --- autoencoder -------------------------------------------------------------------------------------
+
+def bench_autoencoder(argv):
+    """Part 3's autoencoder (autoencoder.py): train it (or load the cached one from --data-dir), then its
+    reconstruction error on the 10,000 test digits and, the best any latent model can do, the FID of the
+    reconstructions of 1000 held-out training digits (train[50000:51000]) next to the FID of those digits."""
+    import time
+
+    import torch
+
+    import autoencoder
+    import data
+    import metrics
+
+    p = argparse.ArgumentParser(prog="bench.py autoencoder", description=bench_autoencoder.__doc__)
+    p.add_argument("--data-dir", default="data", help="MNIST, and the cached models (default data)")
+    args = p.parse_args(argv)
+    print(f"torch threads: {torch.get_num_threads()}")
+    start = time.time()
+    model = autoencoder.load_or_train(args.data_dir)
+    print(f"autoencoder ready in {time.time() - start:.0f} s (training included if it was not cached)")
+    test, _, _ = data.load("mnist", args.data_dir, train=False)
+    print(f"reconstruction MSE per pixel, test digits: {autoencoder.reconstruction_error(model, test):.4f}")
+    classifier, _ = metrics.load_or_train_classifier(args.data_dir, log=lambda *_: None)
+    train, _, _ = data.load("mnist", args.data_dir, train=True)
+    held = train[50000:51000]
+    with torch.no_grad():
+        rebuilt = model.decode(model.encode(held)).clamp(-1, 1)
+    for name, x in [("held-out digits", held), ("their reconstructions", rebuilt)]:
+        m = metrics.evaluate(x, classifier, test)
+        print(f"{name:22s} FID {m['fid']:6.2f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}")
+
+
+BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "reference": bench_reference,
+           "autoencoder": bench_autoencoder}
 
 
 def main():

@@ -15,6 +15,7 @@ seconds apiece on a busy CPU, so one subprocess (this file run as a script: `dri
 and writes what the grading plugin recorded. To save time the runs of (b) leave out the SLOW tests.
 """
 import ast
+import errno
 import importlib
 import io
 import json
@@ -24,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import tokenize
 from pathlib import Path
@@ -484,6 +486,28 @@ def test_output_folder_refusals(tmp_path):
     assert make_edition(src, tmp_path / "out", force=True) == [(1, "a.py:2", "double it")]
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"  # --force replaces only the edition's files
     assert 'raise NotImplementedError("Exercise 1: x + x")' in (tmp_path / "out" / "a.py").read_text()
+
+
+def test_make_assignment_into_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the folder refuse writes as the kernel would
+        def refuse(real):
+            def call(*args, **kwargs):
+                if str(kwargs.get("dir", args[0] if args else "")).startswith(str(out)):
+                    raise PermissionError(errno.EACCES, "Permission denied")
+                return real(*args, **kwargs)
+            return call
+        monkeypatch.setattr(tempfile, "mkstemp", refuse(tempfile.mkstemp))
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse(tempfile.TemporaryFile))
+        monkeypatch.setattr(os, "mkdir", refuse(os.mkdir))
+    try:
+        with pytest.raises(UserError, match="cannot write"):
+            make_edition(SOURCE, out)
+    finally:
+        out.chmod(0o755)
+    assert not list(out.iterdir())
 
 
 def test_command_line_error_is_one_line(tmp_path):

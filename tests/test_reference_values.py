@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # as a script
-from schedule import SCHEDULES, Schedule, make_betas  # noqa: E402
+from schedule import SCHEDULES, Schedule  # noqa: E402
 from test_schedule import (MU, SD, SHAPES, close, eps_star, stand_in, step_inputs, toy_model,  # noqa: E402
                            with_stand_in_posterior)
 from test_unet import resblock_case  # noqa: E402

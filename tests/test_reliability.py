@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import torch
 
 import data
 import gan_baseline
-import make_assignment
 import metrics
 import outputs
 import part2_diffusion
@@ -355,28 +353,6 @@ def test_schedule_py_refuses_bad_input_in_one_line(argv, words, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["train-images-idx3-ubyte.gz"]  # nothing written
 
 
-def test_make_assignment_into_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
-    out = tmp_path / "locked"
-    out.mkdir()
-    out.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anywhere: make the folder refuse writes as the kernel would
-        def refuse(real):
-            def call(*args, **kwargs):
-                if str(kwargs.get("dir", args[0] if args else "")).startswith(str(out)):
-                    raise PermissionError(errno.EACCES, "Permission denied")
-                return real(*args, **kwargs)
-            return call
-        monkeypatch.setattr(tempfile, "mkstemp", refuse(tempfile.mkstemp))
-        monkeypatch.setattr(tempfile, "TemporaryFile", refuse(tempfile.TemporaryFile))
-        monkeypatch.setattr(os, "mkdir", refuse(os.mkdir))
-    try:
-        with pytest.raises(UserError, match="cannot write"):
-            make_assignment.make_edition(make_assignment.SOURCE, out)
-    finally:
-        out.chmod(0o755)
-    assert not list(out.iterdir())
-
-
 # --- 10. messages ---------------------------------------------------------------------------------
 
 def test_an_error_after_the_progress_line_starts_a_line_of_its_own(mnist_dir, tmp_path, monkeypatch,
@@ -403,7 +379,6 @@ def test_the_error_names_the_last_good_checkpoint_when_there_is_one(copy, mnist_
     (metrics.main, ["--no-such-flag"]),
     (metrics.main, []),  # neither SAMPLES nor --calibrate
     (schedule.main, ["--T", "ten"]),
-    (make_assignment.main, []),
     (gan_baseline.main, ["--steps", "many"]),
 ])
 def test_every_script_says_a_bad_flag_in_one_line(main, argv, capsys):
