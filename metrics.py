@@ -58,7 +58,7 @@ BATCH = 64
 MAX_LR = 3e-3            # peak of the one-cycle learning rate (Smith 2018): about 99% in three epochs
 SEED = 0
 K = 3                    # nearest neighbours for precision and recall, as in Kynkaanniemi et al.
-N_CALIBRATION = 1000     # the N the README's calibration table (and the Part 2 quality bar) uses
+N_CALIBRATION = 1000     # the N of the calibration table (--calibrate) and of the Part 2 quality bar
 CLASSIFIER_FILE = "mnist-classifier.pt"
 
 

@@ -181,7 +181,7 @@ def mse(model, y, x):
         return ((model(y) - x) ** 2).mean().item()
 
 
-# Why this recipe (measured: `python bench.py part1`, and the README's Part 1). A ReLU net computes a piecewise-
+# Why this recipe (each device was measured over many seeds). A ReLU net computes a piecewise-
 # linear function; how well it fits depends on where its few kinks sit. Adam from PyTorch's default initialisation
 # leaves most seeds with a straight line: the kinks are pushed off the data, where no gradient brings them back.
 # So (1) the net starts as a linear spline fitted by least squares (`spline_start`: knots where the data bends,

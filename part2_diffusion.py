@@ -33,7 +33,7 @@ from outputs import (DiskFull, HelpFormatter, UserError, arg_parser, atomic_writ
 from schedule import MAX_T, SCHEDULES, Schedule, classifier_free_guidance
 from unet import PRESETS, UNet
 
-# Defaults, chosen by measurement on a 2-core laptop CPU (see the README's "How long must I train?").
+# Defaults, chosen by measurement on a 2-core laptop CPU.
 DATASET = "mnist"
 SCHEDULE = "linear"
 T = 1000

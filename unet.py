@@ -45,7 +45,7 @@ from outputs import arg_parser, run_main
 # Two configurations; override image_size, in_channels and num_classes for other data, e.g.
 # UNet(**dict(PRESETS["cpu"], image_size=32, in_channels=3, num_classes=10)).
 PRESETS = {
-    # MNIST on a 2-core laptop CPU, chosen by measurement (README, "The U-Net"): about 0.5 M parameters.
+    # MNIST on a 2-core laptop CPU, chosen by measurement (see the docstring): about 0.5 M parameters.
     "cpu": dict(image_size=28, in_channels=1, base_channels=16, channel_mults=[1, 2, 4], num_res_blocks=1,
                 attention=[2], dropout=0.0, num_classes=None, norm_groups=8),
     # A GPU, or CIFAR-10: after the DDPM paper's CIFAR-10 model (128 channels, 2 ResBlocks per level,
@@ -78,7 +78,7 @@ class ResBlock(nn.Module):
     The time embedding is projected to one number per channel and ADDED to the feature map between the two
     convolutions, as in DDPM: the same block can then behave differently at each noise level. The
     alternative, improved-diffusion's scale-and-shift of the normalised features, made no measurable
-    difference on MNIST here (README, "The U-Net"), so we keep the simpler form.
+    difference on MNIST here (measured against CPU time), so we keep the simpler form.
     A 1x1 conv on the residual path matches the channels when in_ch != out_ch.
     """
 
