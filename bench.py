@@ -356,7 +356,7 @@ def bench_reference(argv):
     Trains part2_diffusion.py's default recipe for --steps optimiser steps (seed 0; a step count, not a
     time box, so the same command gives the same weights on the same machine and thread count), drawing
     64 digits with DDPM-1000 at the end as the default run does. Then keeps only what sampling needs
-    (part2_diffusion.for_sampling) in --out, and from that file times 64 digits with DDIM-50 and scores
+    (runs.for_sampling) in --out, and from that file times 64 digits with DDIM-50 and scores
     1000 DDIM-50 digits with metrics.py (FID at N = 1000 against the 10,000 MNIST test digits).
     --ddpm-fid also scores 1000 DDPM-1000 digits (about 20 minutes on a 2-core CPU).
     Needs MNIST in --data-dir; trains and caches metrics.py's classifier there first if it is missing.
@@ -369,6 +369,7 @@ def bench_reference(argv):
 
     import metrics
     import part2_diffusion
+    import runs
     from outputs import atomic_write
 
     p = arg_parser(prog="bench.py reference", description=bench_reference.__doc__,
@@ -390,9 +391,9 @@ def bench_reference(argv):
         part2_diffusion.main(["--data-dir", args.data_dir, "--runs", str(run.parent), "--name", "reference",
                               "--steps", str(args.steps), "--minutes", "600", "--seed", "0"])
     trained = json.loads((run / "summary.json").read_text())
-    ckpt = part2_diffusion.load_checkpoint(run)
+    ckpt = runs.load_checkpoint(run)
     out = Path(args.out)
-    atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(part2_diffusion.for_sampling(ckpt), tmp))
+    atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(runs.for_sampling(ckpt), tmp))
 
     def sample(*flags):
         part2_diffusion.main(["--data-dir", args.data_dir, "--sample-from", str(out), *flags])

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import data
 import part2_diffusion
 import plots
+import runs
 from outputs import (HelpFormatter, UserError, arg_parser, atomic_write, finite_float, run_main,
                      save_figure, save_json)
 
@@ -115,7 +116,7 @@ def train(args, run_dir, device, overwrite=False):
     meta = dict(dataset=used, z_dim=Z_DIM, width=WIDTH, batch_size=args.batch_size, lr=LR, betas=BETAS,
                 seed=args.seed, steps=args.steps, minutes=args.minutes)
     if overwrite:  # as in Part 2: the earlier run's files go only now, just before the first write
-        part2_diffusion.clear_old_run(run_dir)
+        runs.clear_old_run(run_dir)
     save_json(run_dir / "config.json", meta)
     G, D = generator().to(device), discriminator().to(device)
     G.apply(dcgan_init)
@@ -195,12 +196,12 @@ def loss_figure(history, path):
 def main(argv=None):
     args = get_args(argv)
     device = part2_diffusion.pick_device(args.device)
-    out, made = part2_diffusion.claim_run_folder(args, "gan")  # as in Part 2: never shared
+    out, made = runs.claim_run_folder(args, "gan")  # as in Part 2: never shared
     print(f"run folder: {out}", file=sys.stderr)
     try:
         G, meta, history, trained = train(args, out, device, overwrite=out not in made)
     except BaseException:
-        part2_diffusion.unclaim(made)  # failed before writing anything: no empty folder left behind
+        runs.unclaim(made)  # failed before writing anything: no empty folder left behind
         raise
     loss_figure(history, out / "loss.png")
     samples, seconds = sample(G, args.n, args.seed, device)

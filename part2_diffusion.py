@@ -7,15 +7,14 @@
 
 This file joins the pieces: data.py gives images in [-1, 1], unet.py the noise predictor eps_theta,
 schedule.py the forward process q(x_t | x_0) and the samplers. What is left here is Algorithm 1 of
-Ho et al. (2020), the training loop, and the housekeeping around it: checkpoints, figures, a summary.
+Ho et al. (2020), the training loop, and the housekeeping around it: figures and a summary here, run
+folders and checkpoints in runs.py.
 
 Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy, trajectory.png,
 forward.png, loss.png, config.json and summary.json.
 """
 import copy
-import io
 import math
-import shutil
 import signal
 import sys
 import time
@@ -30,6 +29,8 @@ import metrics
 import plots
 from outputs import (DiskFull, HelpFormatter, UserError, arg_parser, atomic_write, check_writable,
                      end_progress, finite_float, progress, remove_orphans, run_main, save_json)
+from runs import (build_model, check_resumable, check_schedule, claim_run_folder, clear_old_run,
+                  load_checkpoint, save_checkpoint, unclaim)
 from schedule import MAX_T, SCHEDULES, Schedule, classifier_free_guidance
 from unet import PRESETS, UNet
 
@@ -202,145 +203,9 @@ def pick_device(name):
     return device
 
 
-# --- run folders ----------------------------------------------------------------------------------
-
-RUN_FILES = ("checkpoint.pt", "samples.png", "samples.npy", "trajectory.png", "forward.png",
-             "loss.png", "config.json", "summary.json")
-
-
-def claim_run_folder(args, prefix="ddpm"):
-    """A new folder under --runs, created here by an exclusive mkdir: of two runs started at once
-    with one --name, the second finds it taken and stops. Returns the folder and the folders this
-    made (itself, and --runs if it was missing), removed if the run fails before writing (unclaim).
-
-    With --overwrite an existing run's folder is taken instead; its files are removed only when the
-    new run is ready to write its first one (clear_old_run), so a folder never mixes two runs."""
-    made = [] if Path(args.runs).exists() else [Path(args.runs)]
-    runs = check_writable(args.runs, "--runs")
-    name, k = args.name or prefix, 1
-    while True:
-        folder = runs / name
-        try:
-            folder.mkdir(parents=True)
-            return folder, [folder] + made
-        except FileExistsError:
-            pass
-        if args.name is None:  # a default name: try the next one
-            k += 1
-            name = f"{prefix}-{k}"
-            continue
-        if not folder.is_dir():
-            raise UserError(f"{folder} is a file, not a run folder; choose another --name")
-        if not args.overwrite:
-            raise UserError(f"{folder} already exists; pass --overwrite to replace the run in it, "
-                            "or choose another --name")
-        holds_a_run = any((folder / f).exists() for f in ("config.json", "checkpoint.pt"))
-        if any(folder.iterdir()) and not holds_a_run:
-            raise UserError(f"{folder} holds no run (no config.json or checkpoint.pt), so "
-                            "--overwrite will not empty it; choose another --name")
-        return folder, made
-
-
-def unclaim(made):
-    """After a failure before any work: remove the folders claim_run_folder made, if still empty."""
-    for folder in made:
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-
-
-def clear_old_run(folder):
-    """--overwrite: remove the earlier run's files, and its samples/ from --sample-from. Other files
-    (notes of yours) are left alone."""
-    for name in RUN_FILES:
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / "samples", ignore_errors=True)
-    remove_orphans(folder)
-
-
-# --- checkpoints ------------------------------------------------------------------------------------
-
-CHECKPOINT_KEYS = {"meta", "model_config", "schedule", "model", "ema", "step", "history"}
-META_KEYS = {"dataset", "requested", "fallback", "model_config", "schedule", "conditional",
-             "p_uncond", "batch_size", "lr", "ema_decay"}
-
-
-def save_checkpoint(path, state):
-    def write(tmp):
-        # Serialise in memory, then write the bytes from Python: a full disk then raises
-        # OSError(ENOSPC), which atomic_write reports in one line (torch's own writer would raise
-        # a RuntimeError).
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        Path(tmp).write_bytes(buffer.getbuffer())
-    atomic_write(path, write)
-
-
-def load_checkpoint(run_dir):
-    """The checkpoint in run_dir, checked as far as it can be before any work: its entries, and that
-    its schedule and its U-Net can be built (a hand-edited file fails here, in one line)."""
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}; give the folder of a run that trained at least once")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); it is damaged or not ours")
-    keys = set(ckpt) if isinstance(ckpt, dict) else set()
-    missing = sorted(CHECKPOINT_KEYS - keys)
-    if not missing:
-        meta = ckpt["meta"]
-        present = set(meta) if isinstance(meta, dict) else set()
-        missing = [f"meta[{k!r}]" for k in sorted(META_KEYS - present)]
-    if missing:
-        raise UserError(f"{path} is not a part2_diffusion.py checkpoint "
-                        f"(missing {', '.join(missing)})")
-    check_schedule(ckpt["meta"], path)
-    build_model(ckpt["meta"]["model_config"], ckpt["ema"], path)
-    return ckpt
-
-
-def check_resumable(ckpt, run_dir):
-    if "optimizer" not in ckpt:
-        raise UserError(f"{run_dir} holds weights for sampling only (no optimiser state), so it "
-                        f"cannot be resumed; sample from it with --sample-from {run_dir}")
-    if "rng" not in ckpt:
-        raise UserError(f"{run_dir}/checkpoint.pt lacks its random-number state ('rng'), so it "
-                        f"cannot be resumed exactly; sample from it with --sample-from {run_dir}")
-
-
-def for_sampling(ckpt):
-    """A checkpoint cut down to what sampling needs: the EMA weights, the configuration, the step and the
-    loss history; no optimiser state or RNG state, so it cannot be resumed. Its "model" entry is the EMA
-    weights themselves (torch.save stores a shared tensor once), so it is a third of the full size."""
-    return dict(meta=ckpt["meta"], model_config=ckpt["model_config"], schedule=ckpt["schedule"],
-                model=ckpt["ema"], ema=ckpt["ema"], step=ckpt["step"], history=ckpt["history"])
-
-
-def check_schedule(meta, path):
-    stored = meta["schedule"] if isinstance(meta["schedule"], dict) else {}
-    name, T = stored.get("name"), stored.get("T")
-    if name not in SCHEDULES or not isinstance(T, int) or not 1 <= T <= MAX_T:
-        raise UserError(f"{path} names a schedule this lab cannot build ({meta['schedule']!r}); "
-                        f"it needs a name in {', '.join(SCHEDULES)} and 1 <= T <= {MAX_T}")
-
-
 def build_schedule(meta, path):
     check_schedule(meta, path)
     return Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
-
-
-def build_model(model_config, state_dict, path):
-    try:
-        model = UNet(**model_config)
-    except Exception as e:  # a hand-edited configuration can fail in any way: input, not our bug
-        reason = (str(e).splitlines() or [""])[0]
-        raise UserError(f"the model_config in {path} does not build a U-Net "
-                        f"({type(e).__name__}: {reason})") from None
-    try:
-        model.load_state_dict(state_dict)
-    except (RuntimeError, TypeError, AttributeError):
-        raise UserError(f"the weights in {path} do not fit the model configuration stored with them")
-    return model
 
 
 # --- training (Algorithm 1) -------------------------------------------------------------------------
