@@ -523,3 +523,15 @@ def nothing_written_into_the_checkout():
     if new:
         pytest.fail(f"tests wrote into the checkout: {', '.join(new)}; "
                     "give them paths under tmp_path")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One torch thread for the whole suite: the models here are tiny, so a second thread only adds
+    waiting, and on a 2-core machine shared with other jobs two threads made a training step up to
+    40 times slower. The count is restored afterwards."""
+    import torch  # here: the grading plugin above needs no torch of its own
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

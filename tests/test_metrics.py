@@ -25,16 +25,6 @@ MNIST_DIR = os.environ.get("MNIST_DIR")
 needs_mnist = pytest.mark.skipif(not (MNIST_DIR and Path(MNIST_DIR).is_dir()), reason="set $MNIST_DIR")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The classifiers trained here are too small to gain from a second thread, and on a CPU shared with
-    other jobs, threads that wait for each other lose badly (this file took 3 min with two threads on a
-    busy 2-core machine, under one with one). Restored afterwards, for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_spd(rng, d, rank=None):
     """A random symmetric positive semi-definite (d, d) matrix of the given rank (full by default)."""

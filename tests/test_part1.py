@@ -10,14 +10,6 @@ import part1_inversion as p1
 from outputs import run_main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The script trains on one thread (see its __main__); do the same here, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_data_is_sin_of_uniform_x():
     y, x = p1.make_data(2000, torch.Generator().manual_seed(0))

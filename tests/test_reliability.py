@@ -31,15 +31,6 @@ TINY = ["--dataset", "mnist", "--T", "20", "--batch-size", "8", "--n", "4", "--c
 FAST_DRAW = ["--sampler", "ddim", "--sampling-steps", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread while these tests run: on tiny batches a second thread only adds waiting,
-    and on a shared 2-core machine it made a training step 40 times slower (4 s, not 0.1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def run(argv, mnist_dir, runs):
     part2_diffusion.main(TINY + ["--data-dir", str(mnist_dir), "--runs", str(runs)] + argv)

@@ -30,15 +30,6 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 REFERENCE = json.loads((Path(__file__).parent / "reference_values.json").read_text())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests run thousands of small tensor ops; extra threads only add overhead (a lot of it on a busy
-    2-core machine), so run them on one thread and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def close(actual, expected, what, rtol=1e-7, atol=1e-7, index="index"):
     """Assert |actual - expected| <= atol + rtol |expected| everywhere (torch.testing.assert_close is far slower

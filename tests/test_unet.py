@@ -31,15 +31,6 @@ TINY = dict(image_size=16, in_channels=1, base_channels=8, channel_mults=[1, 2, 
             attention=[2], norm_groups=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: a second thread only adds synchronisation, which costs seconds per test when
-    # another process is busy on the same cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def unzero_output(model, seed=0):
     """Give every zero-initialised convolution small random weights and biases."""
