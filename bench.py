@@ -10,7 +10,7 @@ Run them on a quiet machine: other work on the same cores changes every timing.
 """
 import argparse
 
-from outputs import arg_parser, run_main
+from outputs import arg_parser, run_main, settings
 import sys
 
 
@@ -230,7 +230,6 @@ def bench_train(argv):
     parameter count) is then trained with the same recipe for the same wall-clock and measured the same way.
     Needs MNIST and the cached classifier in --data-dir.
     """
-    import json
     import tempfile
     from pathlib import Path
 
@@ -258,22 +257,23 @@ def bench_train(argv):
 
     if not args.peer_only:
         runs = Path(tempfile.mkdtemp(prefix="bench-train-"))
-        common = ["--data-dir", args.data_dir, "--runs", str(runs), "--name", "bench"]
+        run_dir = runs / "bench"
         print(f"ours: part2_diffusion.py defaults, run in {runs}\n{head}")
         seconds = 0.0
         for k in range(args.segments):
-            resume = ["--resume", str(runs / "bench")] if k else []
-            part2_diffusion.main(common + resume + ["--minutes", f"{args.minutes / args.segments}", "--sampler",
-                                                    "ddim", "--sampling-steps", "50", "--n", str(args.n)])
-            s = json.loads((runs / "bench" / "summary.json").read_text())
+            s = part2_diffusion.run(settings(
+                part2_diffusion.get_args, data_dir=args.data_dir,
+                **(dict(resume=str(run_dir)) if k else dict(runs=str(runs), name="bench")),
+                minutes=args.minutes / args.segments, sampler="ddim", sampling_steps=50,
+                n=args.n))
             seconds += s["train_seconds"]
             row(seconds, s["steps"], s["final_loss"], s["metrics"])
-        for sampler in (["ddpm"], ["ddim", "--sampling-steps", "50"]):
-            part2_diffusion.main(common[:2] + ["--sample-from", str(runs / "bench"), "--n", "64", "--sampler"]
-                                 + sampler)
-            tag = "ddpm-n64-seed0" if sampler == ["ddpm"] else "ddim50-n64-seed0"
-            s = json.loads((runs / "bench" / "samples" / tag / "summary.json").read_text())
-            print(f"sampling 64 images, {tag.split('-')[0].upper()}: {s['sampling_seconds']:.1f} s")
+        for sampler in ("ddpm", "ddim"):
+            s = part2_diffusion.run(settings(
+                part2_diffusion.get_args, data_dir=args.data_dir, sample_from=str(run_dir), n=64,
+                sampler=sampler, sampling_steps=50))
+            name = "DDPM-1000" if sampler == "ddpm" else "DDIM-50"
+            print(f"sampling 64 images, {name}: {s['sampling_seconds']:.1f} s")
     train_peer(args, classifier, head, row)
 
 
@@ -388,20 +388,20 @@ def bench_reference(argv):
         run = Path(args.run)
     else:
         run = Path(tempfile.mkdtemp(prefix="bench-reference-")) / "reference"
-        part2_diffusion.main(["--data-dir", args.data_dir, "--runs", str(run.parent), "--name", "reference",
-                              "--steps", str(args.steps), "--minutes", "600", "--seed", "0"])
-    trained = json.loads((run / "summary.json").read_text())
+        part2_diffusion.run(settings(
+            part2_diffusion.get_args, data_dir=args.data_dir, runs=str(run.parent),
+            name="reference", steps=args.steps, minutes=600, seed=0))
+    trained = json.loads((run / "summary.json").read_text())  # --run: a finished run's own
     ckpt = runs.load_checkpoint(run)
     out = Path(args.out)
     atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(runs.for_sampling(ckpt), tmp))
 
-    def sample(*flags):
-        part2_diffusion.main(["--data-dir", args.data_dir, "--sample-from", str(out), *flags])
-        tag = ("ddpm" if "ddpm" in flags else "ddim50") + f"-n{flags[flags.index('--n') + 1]}-seed0"
-        summary_file = out / "samples" / tag / "summary.json"
-        return json.loads(summary_file.read_text())
+    def sample(sampler, n):
+        return part2_diffusion.run(settings(
+            part2_diffusion.get_args, data_dir=args.data_dir, sample_from=str(out),
+            sampler=sampler, n=n))
 
-    ddim64 = sample("--sampler", "ddim", "--n", "64")
+    ddim64 = sample("ddim", 64)
     rows = [("training steps", trained["steps"]),
             ("training time", f"{trained['train_seconds']:.0f} s"),
             ("steps per second", f"{trained['steps'] / trained['train_seconds']:.2f}"),
@@ -409,7 +409,7 @@ def bench_reference(argv):
             ("64 images, DDIM-50", f"{ddim64['sampling_seconds']:.1f} s"),
             ("checkpoint size", f"{(out / 'checkpoint.pt').stat().st_size / 1e6:.2f} MB")]
     for sampler in ["ddim"] + (["ddpm"] if args.ddpm_fid else []):
-        m = sample("--sampler", sampler, "--n", "1000")
+        m = sample(sampler, 1000)
         f = m["metrics"]
         name = "DDIM-50" if sampler == "ddim" else "DDPM-1000"
         rows.append((f"1000 images, {name}", f"{m['sampling_seconds']:.1f} s"))

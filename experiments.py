@@ -39,7 +39,6 @@ def schedules_experiment(argv):
     import contextlib
     import inspect
     import io
-    import json
     import tempfile
     import time
     from pathlib import Path
@@ -48,7 +47,7 @@ def schedules_experiment(argv):
 
     import metrics
     import part2_diffusion
-    from outputs import UserError, check_writable, save_json
+    from outputs import UserError, check_writable, save_json, settings
     from schedule import SCHEDULES
 
     p = arg_parser(prog="experiments.py schedules",
@@ -90,10 +89,7 @@ def schedules_experiment(argv):
     metrics.load_or_train_classifier(args.data_dir)  # train it now (if needed), not inside the first measurement
     metrics.load_mnist(args.data_dir, train=False, need="the FID reference is the MNIST test set")  # fail now
 
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"{device.type}, {torch.get_num_threads()} torch threads"
+    where = part2_diffusion.device_name(device)
     result = dict(device=where, torch=torch.__version__, complete=False, rows=[], config=dict(
         schedules=schedules, steps=measure_at[-1], measure_at=measure_at, sampling_steps=args.sampling_steps,
         n=args.n, T=args.T, seed=args.seed, preset=part2_diffusion.PRESET, batch_size=part2_diffusion.BATCH_SIZE,
@@ -105,46 +101,46 @@ def schedules_experiment(argv):
     print(head + "\n" + "-" * len(head), flush=True)
     start = time.time()
 
-    def measure(name, phase, argv, summary_path):
-        """Run part2_diffusion.main(argv) (its stdout kept quiet: the row says it all), add its row, save."""
-        summary_path.unlink(missing_ok=True)  # an earlier segment's
+    def measure(schedule_name, phase, **flags):
+        """part2_diffusion.py with these flags (its stdout kept quiet: the row says it all); add
+        its row, save."""
         with contextlib.redirect_stdout(io.StringIO()):
-            part2_diffusion.main(argv)
-        if not summary_path.exists():  # Ctrl-C or SIGTERM: part2 saved its checkpoint and stopped
+            s = part2_diffusion.run(settings(
+                part2_diffusion.get_args, data_dir=args.data_dir, seed=args.seed,
+                device=str(device), n=args.n, **flags))
+        if s is None:  # Ctrl-C or SIGTERM: part2 saved its checkpoint and stopped
             raise UserError(f"interrupted; what was measured is in {json_path}")
-        s = json.loads(summary_path.read_text())
         m = s["metrics"]
         sampler = "DDPM" if s["sampler"] == "ddpm" else "DDIM"
-        row = dict(schedule=name, phase=phase, train_steps=s["steps"], sampler=f"{sampler}-{s['sampling_steps']}",
-                   sampling_steps=s["sampling_steps"], final_loss=s["final_loss"],  # mean of the last 100 steps
+        row = dict(schedule=schedule_name, phase=phase, train_steps=s["steps"],
+                   sampler=f"{sampler}-{s['sampling_steps']}", sampling_steps=s["sampling_steps"],
+                   final_loss=s["final_loss"],  # mean of the last 100 steps
                    train_seconds=s.get("train_seconds"), sampling_seconds=s["sampling_seconds"],
                    elapsed_seconds=round(time.time() - start, 1), **m)
         result["rows"].append(row)
         save_json(json_path, result)
         plot_schedules(result, png_path)
-        print(f"{name:10s} {row['train_steps']:11d} {row['sampler']:>9s} {m['fid']:8.2f} {m['precision']:6.3f} "
-              f"{m['recall']:6.3f} {m['classes_present']:5d}/10 {m['kl_uniform']:6.3f} {row['final_loss']:7.4f} "
-              f"{row['elapsed_seconds']:7.0f}s", flush=True)
+        print(f"{schedule_name:10s} {row['train_steps']:11d} {row['sampler']:>9s} {m['fid']:8.2f} "
+              f"{m['precision']:6.3f} {m['recall']:6.3f} {m['classes_present']:5d}/10 "
+              f"{m['kl_uniform']:6.3f} {row['final_loss']:7.4f} {row['elapsed_seconds']:7.0f}s",
+              flush=True)
         return row
 
     with tempfile.TemporaryDirectory(prefix="schedules-") as runs:
         for name in schedules:
             run_dir = Path(runs) / name
-            common = ["--data-dir", args.data_dir, "--seed", str(args.seed), "--device", str(device),
-                      "--n", str(args.n)]
-            first = ["--runs", runs, "--name", name, "--dataset", "mnist", "--schedule", name, "--T", str(args.T)]
+            first = dict(runs=runs, name=name, dataset="mnist", schedule=name, T=args.T)
             for k, steps in enumerate(measure_at):
-                row = measure(name, "training", common + (["--resume", str(run_dir)] if k else first) + [
-                    "--steps", str(steps), "--minutes", "1e9",  # steps decide, never the clock
-                    "--sampler", "ddim", "--sampling-steps", str(MEASURE_DDIM_STEPS)], run_dir / "summary.json")
-                if row["train_steps"] != steps:  # Ctrl-C ends a part2 run early, with a checkpoint: stop here too
+                row = measure(name, "training", **(dict(resume=str(run_dir)) if k else first),
+                              steps=steps, minutes=1e9,  # steps decide, never the clock
+                              sampler="ddim", sampling_steps=MEASURE_DDIM_STEPS)
+                if row["train_steps"] != steps:  # Ctrl-C ends a part2 run early: stop here too
                     raise UserError(f"training stopped at step {row['train_steps']} of {steps}; "
                                     f"what was measured is in {json_path}")
             for k in args.sampling_steps:
-                sampler = ["ddpm"] if k == args.T else ["ddim", "--sampling-steps", str(k)]
-                tag = f"ddpm-n{args.n}-seed{args.seed}" if k == args.T else f"ddim{k}-n{args.n}-seed{args.seed}"
-                measure(name, "sampling", common + ["--sample-from", str(run_dir), "--sampler"] + sampler,
-                        run_dir / "samples" / tag / "summary.json")
+                sampler = dict(sampler="ddpm") if k == args.T else \
+                    dict(sampler="ddim", sampling_steps=k)
+                measure(name, "sampling", sample_from=str(run_dir), **sampler)
     result["complete"] = True
     save_json(json_path, result)
     plot_schedules(result, png_path)
@@ -172,8 +168,7 @@ def schedule_table(result):
 
 def plot_schedules(result, path):
     """Two panels: FID against training steps, and FID against sampling steps (log x), a line per schedule."""
-    import matplotlib
-    matplotlib.use("Agg")
+    import plots  # first: it makes matplotlib draw to files only
     import matplotlib.pyplot as plt
 
     from outputs import save_figure
@@ -224,7 +219,6 @@ def gan_experiment(argv):
     import contextlib
     import inspect
     import io
-    import json
     import sys
     import tempfile
     from pathlib import Path
@@ -235,7 +229,7 @@ def gan_experiment(argv):
     import gan_baseline
     import metrics
     import part2_diffusion
-    from outputs import UserError, check_writable, save_json
+    from outputs import UserError, check_writable, save_json, settings
 
     p = arg_parser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,36 +252,38 @@ def gan_experiment(argv):
     device = part2_diffusion.pick_device(args.device)
     metrics.load_or_train_classifier(args.data_dir)  # train it now (if needed), so that every run is scored
     metrics.load_mnist(args.data_dir, train=False, need="the FID reference is the MNIST test set")  # fail now
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{device.type}, {torch.get_num_threads()} torch threads"
+    where = part2_diffusion.device_name(device)
     print(f"device: {where}; {args.minutes:g} training minutes per run; N = {args.n}", file=sys.stderr)
 
     rows, losses, grids = [], [], []
 
-    def add_row(method, seed, folder):
-        """The row of the run (or the sampling) whose summary.json is in folder."""
-        if not (folder / "summary.json").exists():  # Ctrl-C or SIGTERM stopped it before sampling
+    def add_row(method, seed, s):
+        """The row of a run (or a sampling) from its summary s; None if Ctrl-C or SIGTERM stopped
+        it before sampling."""
+        if s is None:
             raise UserError(f"{method}, seed {seed}: interrupted before sampling")
-        s = json.loads((folder / "summary.json").read_text())
-        rows.append(dict(method=method, seed=seed, steps=s["steps"], sampling_steps=s["sampling_steps"],
-                         sampling_seconds=s["sampling_seconds"], train_seconds=s.get("train_seconds"), **s["metrics"]))
+        rows.append(dict(method=method, seed=seed, steps=s["steps"],
+                         sampling_steps=s["sampling_steps"], sampling_seconds=s["sampling_seconds"],
+                         train_seconds=s.get("train_seconds"), **s["metrics"]))
         return rows[-1]
 
-    common = ["--minutes", str(args.minutes), "--data-dir", args.data_dir, "--device", str(device)]
-    with tempfile.TemporaryDirectory(prefix="gan-") as runs, contextlib.redirect_stdout(io.StringIO()):
-        for seed in args.ddpm_seeds:  # their own summaries are quiet here: the table says it all
+    common = dict(minutes=args.minutes, data_dir=args.data_dir, device=str(device))
+    quiet = contextlib.redirect_stdout(io.StringIO())  # their own summaries: the table says it all
+    with tempfile.TemporaryDirectory(prefix="gan-") as runs, quiet:
+        for seed in args.ddpm_seeds:
             run_dir = Path(runs) / f"ddpm-seed{seed}"
-            part2_diffusion.main(common + ["--dataset", "mnist", "--runs", runs, "--name", run_dir.name,
-                                           "--seed", str(seed), "--n", str(args.n),
-                                           "--sampler", "ddim", "--sampling-steps", "50"])
-            ddpm = add_row("DDPM, DDIM-50", seed, run_dir)
-            if ddpm["steps"] < part2_diffusion.STEPS and ddpm["train_seconds"] < 60 * args.minutes:
-                raise UserError(f"the DDPM stopped after {ddpm['train_seconds']} s of {60 * args.minutes:g}: "
-                                f"interrupted, so the comparison would not be fair")
+            ddpm = add_row("DDPM, DDIM-50", seed, part2_diffusion.run(settings(
+                part2_diffusion.get_args, **common, dataset="mnist", runs=runs,
+                name=run_dir.name, seed=seed, n=args.n, sampler="ddim", sampling_steps=50)))
+            if ddpm["steps"] < part2_diffusion.STEPS and \
+                    ddpm["train_seconds"] < 60 * args.minutes:
+                raise UserError(f"the DDPM stopped after {ddpm['train_seconds']} s of "
+                                f"{60 * args.minutes:g}: interrupted, so the comparison would "
+                                "not be fair")
             if args.ddpm_n:
-                part2_diffusion.main(["--sample-from", str(run_dir), "--sampler", "ddpm", "--n", str(args.ddpm_n),
-                                      "--seed", str(seed), "--data-dir", args.data_dir, "--device", str(device)])
-                row = add_row("DDPM, DDPM-1000", seed, run_dir / "samples" / f"ddpm-n{args.ddpm_n}-seed{seed}")
+                row = add_row("DDPM, DDPM-1000", seed, part2_diffusion.run(settings(
+                    part2_diffusion.get_args, sample_from=str(run_dir), sampler="ddpm",
+                    n=args.ddpm_n, seed=seed, data_dir=args.data_dir, device=str(device))))
                 row["train_seconds"] = ddpm["train_seconds"]  # the same model: sampled again
             ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
             losses.append((f"DDPM seed {seed}", {"L_simple": ckpt["history"]}))
@@ -295,11 +291,13 @@ def gan_experiment(argv):
                           np.load(run_dir / "samples.npy")[:64]))
         for seed in args.seeds:
             run_dir = Path(runs) / f"gan-seed{seed}"
-            gan_baseline.main(common + ["--runs", runs, "--name", run_dir.name, "--seed", str(seed),
-                                        "--n", str(args.n)])
-            add_row("DCGAN", seed, run_dir)
-            losses.append((f"DCGAN seed {seed}", torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]))
-            grids.append((f"DCGAN seed {seed}\n{rows[-1]['steps']} steps", np.load(run_dir / "samples.npy")[:64]))
+            add_row("DCGAN", seed, gan_baseline.run(settings(
+                gan_baseline.get_args, **common, runs=runs, name=run_dir.name, seed=seed,
+                n=args.n)))
+            history = torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]
+            losses.append((f"DCGAN seed {seed}", history))
+            grids.append((f"DCGAN seed {seed}\n{rows[-1]['steps']} steps",
+                          np.load(run_dir / "samples.npy")[:64]))
 
     result = dict(device=where, torch=torch.__version__, rows=rows, config=dict(
         minutes=args.minutes, seeds=args.seeds, ddpm_seeds=args.ddpm_seeds, n=args.n, ddpm_n=args.ddpm_n,
@@ -331,12 +329,9 @@ def gan_table(rows):
 
 def plot_gan_samples(grids, minutes, path):
     """[(title, samples (64, 1, 28, 28) in [-1, 1])] -> one 8 x 8 grid per run, side by side."""
-    import matplotlib
-    matplotlib.use("Agg")
+    import plots  # first: it makes matplotlib draw to files only
     import matplotlib.pyplot as plt
     import torch
-
-    import plots
     from outputs import save_figure
     fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.8), squeeze=False)
     for ax, (title, samples) in zip(axes[0], grids):
@@ -350,8 +345,7 @@ def plot_gan_samples(grids, minutes, path):
 def plot_gan_losses(losses, minutes, path):
     """Left: the DDPM's L_simple (log scale); right: the DCGAN's D and G losses, one colour per run. Each
     curve is a running mean; dotted: the GAN losses where D cannot tell (2 log 2 and log 2)."""
-    import matplotlib
-    matplotlib.use("Agg")
+    import plots  # first: it makes matplotlib draw to files only
     import matplotlib.pyplot as plt
     import numpy as np
 

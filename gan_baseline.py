@@ -33,8 +33,8 @@ import data
 import part2_diffusion
 import plots
 import runs
-from outputs import (HelpFormatter, UserError, arg_parser, atomic_write, finite_float, run_main,
-                     save_figure, save_json)
+from outputs import (HelpFormatter, Progress, UserError, arg_parser, atomic_write, finite_float,
+                     run_main, save_figure, save_json)
 
 # Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps). WIDTH 32 runs
 # ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in 10 minutes the small pair
@@ -95,13 +95,16 @@ def get_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="allow reusing an existing run folder")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, batches, z and samples")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def check_args(args):
     for flag in ("steps", "batch_size", "n"):
         if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, "
+                            f"got {getattr(args, flag)}")
     if args.minutes <= 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
-    return args
 
 
 def train(args, run_dir, device, overwrite=False):
@@ -126,8 +129,9 @@ def train(args, run_dir, device, overwrite=False):
     images = images.to(device)
     real = torch.ones(args.batch_size, device=device)
     fake = torch.zeros(args.batch_size, device=device)
-    history, step, last_print, start = {"d": [], "g": []}, 0, 0.0, time.time()
-    while step < args.steps and time.time() - start < 60 * args.minutes:
+    history, step = {"d": [], "g": []}, 0
+    meter = Progress(args.steps, "training", seconds=60 * args.minutes)
+    while step < args.steps and not meter.out_of_time():
         x = images[torch.randint(0, len(images), (args.batch_size,), device=device)]
         x_fake = G(torch.randn(args.batch_size, Z_DIM, device=device))
         # D maximises log D(x) + log(1 - D(G(z))) (Goodfellow et al. 2014, Eq. 1): binary cross-entropy on
@@ -149,15 +153,9 @@ def train(args, run_dir, device, overwrite=False):
         if not (np.isfinite(history["d"][-1]) and np.isfinite(history["g"][-1])):
             raise UserError(f"the losses became {history['d'][-1]} (D) and {history['g'][-1]} (G) at step {step}: "
                             f"the weights diverged; try another --seed")
-        if (now := time.time()) - last_print > 1 or step == args.steps:
-            rate = step / (now - start)
-            eta = max(0.0, min((args.steps - step) / rate, 60 * args.minutes - (now - start)))
-            print(f"\rstep {step}/{args.steps}  D {np.mean(history['d'][-100:]):.3f}  "
-                  f"G {np.mean(history['g'][-100:]):.3f}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min ",
-                  end="", file=sys.stderr, flush=True)
-            last_print = now
-    print(file=sys.stderr)
-    trained = dict(steps=step, train_seconds=round(time.time() - start, 1))
+        meter.tick(f"D {np.mean(history['d'][-100:]):.3f}  G {np.mean(history['g'][-100:]):.3f}")
+    meter.close()
+    trained = dict(steps=step, train_seconds=meter.seconds())
     state = dict(meta=meta, generator=G.state_dict(), discriminator=D.state_dict(), opt_g=opt_g.state_dict(),
                  opt_d=opt_d.state_dict(), step=step, history=history)
     atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
@@ -194,7 +192,13 @@ def loss_figure(history, path):
 
 
 def main(argv=None):
-    args = get_args(argv)
+    run(get_args(argv))
+
+
+def run(args):
+    """Train, then sample and score. Returns the summary (what summary.json holds). Other scripts
+    call it with outputs.settings(get_args, **flags) for args."""
+    check_args(args)
     device = part2_diffusion.pick_device(args.device)
     out, made = runs.claim_run_folder(args, "gan")  # as in Part 2: never shared
     print(f"run folder: {out}", file=sys.stderr)
@@ -217,8 +221,10 @@ def main(argv=None):
     print(f"sampled {args.n} images in {seconds:.2f} s; figures and samples.npy in {out}")
     m = summary["metrics"]
     if m:
-        print(f"FID {m['fid']:.2f} (N = {m['n']}), precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
-              f"classes present {m['classes_present']}/10, mean confidence {m['confidence']:.3f}")
+        print(f"FID {m['fid']:.2f} (N = {m['n']}), precision {m['precision']:.3f}, "
+              f"recall {m['recall']:.3f}, classes present {m['classes_present']}/10, "
+              f"mean confidence {m['confidence']:.3f}")
+    return summary
 
 
 if __name__ == "__main__":

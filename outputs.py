@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -139,6 +140,19 @@ def finite_float(text):
     return value
 
 
+def settings(get_args, **flags):
+    """A script's args from keyword arguments instead of a command line, for the scripts that drive
+    others (bench.py, experiments.py): settings(part2_diffusion.get_args, minutes=1, sampler="ddim")
+    is `--minutes 1 --sampler ddim`. A name that is not one of the script's flags is an error, so
+    renaming a flag cannot break a caller silently."""
+    args = get_args([])
+    unknown = sorted(set(flags) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"no flag for {', '.join(unknown)} in {get_args.__module__}.py")
+    vars(args).update(flags)
+    return args
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help that states each default once: "(default: X)" is added only when the help text does not
     already name the default, and never for flags whose default is None or False (nothing to say)."""
@@ -167,6 +181,38 @@ def end_progress():
     if _line_open:
         print(file=sys.stderr)
         _line_open = False
+
+
+class Progress:
+    """A progress line on stderr, redrawn at most once a second: steps done of `total`, the rate and
+    the time left. done: where the count starts (a resumed run's steps). seconds: the time limit of
+    time-boxed work, or None; the time left is then to whichever end comes first."""
+
+    def __init__(self, total, what, done=0, seconds=None):
+        self.total, self.what, self.done, self.first, self.limit = total, what, done, done, seconds
+        self.start = self.last = time.time()
+
+    def seconds(self):
+        return round(time.time() - self.start, 1)
+
+    def out_of_time(self):
+        return self.limit is not None and time.time() - self.start >= self.limit
+
+    def tick(self, note=""):
+        """One more step done; `note` (the loss, say) is shown beside the count."""
+        self.done += 1
+        now = time.time()
+        if now - self.last > 1 or self.done == self.total:
+            rate = (self.done - self.first) / max(now - self.start, 1e-9)
+            left = (self.total - self.done) / rate
+            if self.limit is not None:
+                left = min(left, self.limit - (now - self.start))
+            progress(f"{self.what}: step {self.done}/{self.total}  {note + '  ' if note else ''}"
+                     f"{rate:.2f} steps/s  ETA {max(left, 0) / 60:.1f} min")
+            self.last = now
+
+    def close(self):
+        end_progress()
 
 
 def _sigterm(signum, frame):

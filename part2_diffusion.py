@@ -1,6 +1,6 @@
 """Part 2: train a DDPM on MNIST and draw digits from pure noise.
 
-    python part2_diffusion.py                      # train with the defaults, then sample; see runs/ddpm/
+    python part2_diffusion.py                      # train, then sample; see runs/ddpm/
     python part2_diffusion.py --minutes 30         # train longer (better digits)
     python part2_diffusion.py --resume runs/ddpm   # continue a run from its checkpoint
     python part2_diffusion.py --sample-from runs/ddpm --sampler ddim --sampling-steps 50 --n 100
@@ -10,14 +10,15 @@ schedule.py the forward process q(x_t | x_0) and the samplers. What is left here
 Ho et al. (2020), the training loop, and the housekeeping around it: figures and a summary here, run
 folders and checkpoints in runs.py.
 
-Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy, trajectory.png,
-forward.png, loss.png, config.json and summary.json.
+Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy,
+trajectory.png, forward.png, loss.png, config.json and summary.json.
 """
+import contextlib
 import copy
 import math
 import signal
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 import data
 import metrics
 import plots
-from outputs import (DiskFull, HelpFormatter, UserError, arg_parser, atomic_write, check_writable,
-                     end_progress, finite_float, progress, remove_orphans, run_main, save_json)
+from outputs import (DiskFull, HelpFormatter, Progress, UserError, arg_parser, atomic_write,
+                     check_writable, end_progress, finite_float, remove_orphans, run_main,
+                     save_json)
 from runs import (build_model, check_resumable, check_schedule, claim_run_folder, clear_old_run,
                   load_checkpoint, save_checkpoint, unclaim)
 from schedule import MAX_T, SCHEDULES, Schedule, classifier_free_guidance
@@ -45,10 +47,12 @@ WARMUP = 100          # steps of linear learning-rate warm-up: Adam's first step
 EMA_DECAY = 0.999
 P_UNCOND = 0.1        # with --conditional: how often a label is dropped in training
 GRAD_CLIP = 1.0
-STEPS = 20000        # on a CPU, --minutes stops training first; on a GPU, this does
-MINUTES = 10.0       # 10 minutes of training + ~3 of DDPM sampling: under 15 on a 2-core CPU
+STEPS = 20000         # on a CPU, --minutes stops training first; on a GPU, this does
+MINUTES = 10.0        # the time box of training; sampling comes after (see BENCHMARKS.md)
 SAMPLER = "ddpm"
 N_SAMPLES = 64
+NUM_CLASSES = 10          # MNIST's digits, CIFAR-10's classes
+NULL_LABEL = NUM_CLASSES  # the label that means "no label": classifier-free guidance's extra row
 
 
 def get_args(argv=None):
@@ -57,9 +61,11 @@ def get_args(argv=None):
         formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=data.DATASETS, default=None,
-                   help=f"dataset to learn (default {DATASET}; if MNIST cannot be found or downloaded, "
-                        "a built-in synthetic digits set is used instead, with a warning)")
-    g.add_argument("--data-dir", default="data", help="where datasets are looked for and downloaded to")
+                   help=f"dataset to learn (default {DATASET}; if MNIST cannot be found or "
+                        "downloaded, a built-in synthetic digits set is used instead, with a "
+                        "warning)")
+    g.add_argument("--data-dir", default="data",
+                   help="where datasets are looked for and downloaded to")
     # The flags that define a run default to None here. settle_flags fills them in: from the
     # defaults for a new run, from the checkpoint for --resume and --sample-from (refusing a flag
     # that differs).
@@ -71,7 +77,8 @@ def get_args(argv=None):
                    help=f"how beta_t grows with t (default {SCHEDULE})")
     g.add_argument("--T", type=int, default=None, help=f"number of diffusion steps (default {T})")
     g.add_argument("--conditional", action="store_true", default=None,
-                   help="condition on the class label (enables --labels and --guidance when sampling)")
+                   help="condition on the class label (enables --labels and --guidance when "
+                        "sampling)")
     g.add_argument("--p-uncond", type=finite_float, default=None,
                    help="with --conditional: how often the label is dropped in training, so one "
                         "network also learns the unconditional eps (classifier-free guidance; "
@@ -88,10 +95,12 @@ def get_args(argv=None):
     g.add_argument("--ema", type=finite_float, default=None,
                    help="decay of the exponential moving average of the weights used for sampling "
                         f"(default {EMA_DECAY}; --resume keeps the run's)")
-    g.add_argument("--ckpt-every", type=int, default=500, help="save a checkpoint every this many steps")
+    g.add_argument("--ckpt-every", type=int, default=500,
+                   help="save a checkpoint every this many steps")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue training the run in RUN_DIR")
     g = p.add_argument_group("sampling (Algorithm 2, or DDIM)")
-    g.add_argument("--sample-from", metavar="RUN_DIR", help="skip training: sample from RUN_DIR's checkpoint")
+    g.add_argument("--sample-from", metavar="RUN_DIR",
+                   help="skip training: sample from RUN_DIR's checkpoint")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default=SAMPLER,
                    help="ddpm: all T stochastic steps; ddim: --sampling-steps deterministic steps")
     g.add_argument("--sampling-steps", type=int, default=50, help="DDIM steps (at most T)")
@@ -103,13 +112,16 @@ def get_args(argv=None):
     g.add_argument("--guidance", type=finite_float, default=None,
                    help="conditional models: guidance scale s (1 = plain conditional, >1 sharper)")
     g = p.add_argument_group("run")
-    g.add_argument("--name", default=None, help="run folder name under --runs (default: ddpm, ddpm-2, ...)")
+    g.add_argument("--name", default=None,
+                   help="run folder name under --runs (default: ddpm, ddpm-2, ...)")
     g.add_argument("--runs", default="runs", help="folder that holds the run folders")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run in an existing folder (its files are removed when the new "
                         "run starts)")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, batches, noise and samples")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed for weights, batches, noise and samples")
+    g.add_argument("--device", default="auto",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     return p.parse_args(argv)
 
 
@@ -180,8 +192,9 @@ def check_sampling(args, conditional):
     """The sampling flags against the model: --labels and --guidance need a class-conditional model,
     and DDIM cannot take more steps than the T it was trained with."""
     if not conditional and (args.labels or args.guidance is not None):
-        raise UserError("--labels and --guidance need a model trained with --conditional; this one is not")
-    if args.labels and not all(0 <= y < 10 for y in args.labels):
+        raise UserError("--labels and --guidance need a model trained with --conditional; "
+                        "this one is not")
+    if args.labels and not all(0 <= y < NUM_CLASSES for y in args.labels):
         raise UserError(f"--labels must lie in 0..9, got {args.labels}")
     if args.sampler == "ddim" and args.sampling_steps > args.T:
         raise UserError(f"--sampling-steps {args.sampling_steps} exceeds T = {args.T}; "
@@ -199,8 +212,16 @@ def pick_device(name):
         device = torch.device(name)
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as e:
-        raise UserError(f"--device {name} is not usable here ({str(e).splitlines()[0]}); try --device cpu")
+        raise UserError(f"--device {name} is not usable here ({str(e).splitlines()[0]}); "
+                        "try --device cpu")
     return device
+
+
+def device_name(device):
+    """The device in words, for the tables of bench.py and experiments.py."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}, {torch.get_num_threads()} torch threads"
 
 
 def build_schedule(meta, path):
@@ -208,54 +229,170 @@ def build_schedule(meta, path):
     return Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
 
 
-# --- training (Algorithm 1) -------------------------------------------------------------------------
+# --- training (Algorithm 1) -----------------------------------------------------------------------
 
 def setup(args, ckpt):
-    """The data, the model and the run's metadata: fresh from the flags, or as stored in a checkpoint."""
+    """The data, the model and the run's metadata: fresh from the flags, or as stored in a
+    checkpoint. images: (N, C, H, W) in [-1, 1]; labels: long (N,)."""
     if ckpt is None:
         torch.manual_seed(args.seed)  # one seed for the weights, the batches, t and eps
         requested, fallback = args.dataset or DATASET, args.dataset is None
     else:
         meta = ckpt["meta"]
         requested, fallback = meta["requested"], meta["fallback"]
-    images, labels, used = data.load(requested, args.data_dir, train=True, fallback=fallback)  # DataError is a UserError
-    if ckpt is None:
-        model_config = dict(PRESETS[args.preset], image_size=images.shape[-1], in_channels=images.shape[1],
-                            num_classes=10 if args.conditional else None)
-        meta = dict(dataset=used, requested=requested, fallback=fallback, model_config=model_config,
-                    schedule=dict(name=args.schedule, T=args.T), conditional=args.conditional,
-                    p_uncond=args.p_uncond, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema,
-                    seed=args.seed)
-        model = UNet(**model_config)
-    else:
+    # a DataError is a UserError: one line, before any training
+    images, labels, used = data.load(requested, args.data_dir, train=True, fallback=fallback)
+    if ckpt is not None:
         if used != meta["dataset"]:
-            raise UserError(f"the run trained on {meta['dataset']}, but {args.data_dir} now gives {used}")
-        model = build_model(meta["model_config"], ckpt["model"], args.resume)
-    return images, labels, model, meta
+            raise UserError(f"the run trained on {meta['dataset']}, but {args.data_dir} now "
+                            f"gives {used}")
+        return images, labels, build_model(meta["model_config"], ckpt["model"], args.resume), meta
+    model_config = dict(PRESETS[args.preset], image_size=images.shape[-1],
+                        in_channels=images.shape[1],
+                        num_classes=NUM_CLASSES if args.conditional else None)
+    meta = dict(dataset=used, requested=requested, fallback=fallback, model_config=model_config,
+                schedule=dict(name=args.schedule, T=args.T), conditional=args.conditional,
+                p_uncond=args.p_uncond, batch_size=args.batch_size, lr=args.lr,
+                ema_decay=args.ema, seed=args.seed)
+    return images, labels, UNet(**model_config), meta
 
 
 def training_loss(model, sched, x0, y=None):
     """Algorithm 1, lines 3-5, for a batch x0 (B, C, H, W): the simplified loss L_simple (Eq. 14).
 
-    Returns the mean over the batch of ||eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t)||^2
+    Returns the mean over the batch of
+        ||eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t)||^2
     (per pixel), with one t ~ Uniform({1..T}) and one eps ~ N(0, I) drawn for each image.
     """
     # BEGIN EXERCISE 10: the training loss of Algorithm 1
-    # HINT: t = torch.randint(0, sched.T, ...) (0-based), eps = torch.randn_like(x0), x_t by sched.q_sample, then MSE
-    t = torch.randint(0, sched.T, (len(x0),), device=x0.device)  # t ~ Uniform({1..T}), 0-based here
+    # HINT: t = torch.randint(0, sched.T, ...) (0-based), eps = torch.randn_like(x0),
+    # HINT: x_t by sched.q_sample, then the mean squared error between eps and the model's eps_hat
+    t = torch.randint(0, sched.T, (len(x0),), device=x0.device)  # t ~ Uniform({1..T}), 0-based
     eps = torch.randn_like(x0)                                    # eps ~ N(0, I)
     x_t = sched.q_sample(x0, t, eps)                              # Eq. 4
     return F.mse_loss(model(x_t, t, y), eps)                      # Eq. 14
     # END EXERCISE
 
 
-def probe_batch(images, labels, sched, conditional):
+@dataclass
+class Trained:
+    """What train() gives back."""
+    ema: torch.nn.Module  # the averaged weights: the model that samples
+    sched: Schedule
+    meta: dict            # the run's settings, as its checkpoint stores them
+    history: list         # the loss of every step, a resumed run's earlier steps included
+    steps: int
+    seconds: float        # the training time of this session
+    interrupted: bool     # did Ctrl-C or SIGTERM stop it before --steps or --minutes?
+
+
+def train(args, run_dir, device, ckpt=None, overwrite=False):
+    """Algorithm 1 of Ho et al. (2020):
+
+        repeat
+            x0 ~ q(x0);  t ~ Uniform({1, ..., T});  eps ~ N(0, I)
+            x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps                (Eq. 4)
+            gradient step on ||eps - eps_theta(x_t, t)||^2                         (Eq. 14)
+        until --steps, --minutes, Ctrl-C or SIGTERM
+
+    Starts fresh, or from ckpt (--resume). overwrite: run_dir holds an earlier run, whose files
+    are removed just before this one writes its first. Returns a Trained.
+    """
+    images, labels, model, meta = setup(args, ckpt)
+    sched = build_schedule(meta, run_dir)
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
+    step, history = restore(ckpt, ema, opt)
+    start_run_folder(run_dir, args, meta, sched, images, overwrite)
+    saver = Saver(run_dir, meta, probe_batch(images, labels, sched, meta, device), ckpt)
+    images, labels = images.to(device), labels.to(device)
+    meter = Progress(args.steps, "step", done=step, seconds=60 * args.minutes)
+    with stop_requests() as stop:
+        while step < args.steps and not stop and not meter.out_of_time():
+            x0, y = draw_batch(images, labels, meta)        # x0 ~ q(x0), with its label
+            loss = training_loss(model, sched, x0, y)        # t, eps and the loss: lines 3-5
+            saver.check(loss, step + 1)
+            gradient_step(model, opt, loss, lr=learning_rate(step, meta["lr"]))
+            step += 1
+            update_ema(ema, model, step, meta["ema_decay"])
+            history.append(loss.item())
+            if step % args.ckpt_every == 0:
+                saver.save(model, ema, opt, step, history)
+            meter.tick(f"loss {np.mean(history[-50:]):.4f}")
+        meter.close()
+        saver.save(model, ema, opt, step, history)
+    return Trained(ema, sched, meta, history, step, meter.seconds(), bool(stop))
+
+
+def draw_batch(images, labels, meta):
+    """x0 ~ q(x0): a batch of training images (B, C, H, W) drawn with replacement, and their labels
+    (B,), or None for an unconditional model. A conditional model sees NULL_LABEL instead of the
+    label a fraction p_uncond of the time, so that the same network also learns the unconditional
+    eps (classifier-free guidance, Ho & Salimans 2022)."""
+    idx = torch.randint(0, len(images), (meta["batch_size"],), device=images.device)
+    if not meta["conditional"]:
+        return images[idx], None
+    dropped = torch.rand(len(idx), device=images.device) < meta["p_uncond"]
+    return images[idx], labels[idx].masked_fill(dropped, NULL_LABEL)
+
+
+def learning_rate(step, peak):
+    """Linear warm-up over WARMUP steps, then constant: Adam's first steps are noisy."""
+    return peak * min(1.0, (step + 1) / WARMUP)
+
+
+def gradient_step(model, opt, loss, lr):
+    """Algorithm 1, line 5: one AdamW step on the loss, gradients clipped to norm GRAD_CLIP."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+
+
+@torch.no_grad()
+def update_ema(ema, model, step, decay):
+    """ema <- decay * ema + (1 - decay) * model, the average that sampling uses. The decay warms
+    up as (1 + step) / (10 + step): with 0.999 from the start, the average would remember the
+    random initial weights for the first thousand steps."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - decay)
+
+
+# --- around the training loop: resume, the run folder, checkpoints, Ctrl-C ------------------------
+
+def restore(ckpt, ema, opt):
+    """Put a resumed run's EMA, optimiser and random-number state back. Returns (step, history)."""
+    if ckpt is None:
+        return 0, []
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"])
+    return ckpt["step"], list(ckpt["history"])
+
+
+def start_run_folder(run_dir, args, meta, sched, images, overwrite):
+    """Clear an --overwrite'n run's files, then write config.json (the run's settings and every
+    training constant) and forward.png."""
+    if overwrite:
+        clear_old_run(run_dir)
+    save_json(run_dir / "config.json", dict(meta, steps=args.steps, minutes=args.minutes,
+                                            warmup=WARMUP, grad_clip=GRAD_CLIP))
+    plots.forward_noising(sched, images[:4], run_dir / "forward.png")
+
+
+def probe_batch(images, labels, sched, meta, device):
     """A fixed batch to test weights on: 16 images, each noised at its own t, with noise from a
-    generator of its own: testing never moves the run's random numbers (--resume stays exact)."""
+    generator of its own: testing never moves the run's random numbers (--resume stays exact).
+    Returns (x_t, t, eps, y) on `device`."""
     x0 = images[:16]
     t = torch.linspace(0, sched.T - 1, len(x0)).long()
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    return sched.q_sample(x0, t, eps), t, eps, labels[:16] if conditional else None
+    y = labels[:16].to(device) if meta["conditional"] else None
+    return sched.q_sample(x0, t, eps).to(device), t.to(device), eps.to(device), y
 
 
 def gives_finite_loss(net, probe):
@@ -269,119 +406,51 @@ def gives_finite_loss(net, probe):
     return bool(torch.isfinite(loss))
 
 
-def train(args, run_dir, device, ckpt=None, overwrite=False):
-    """Algorithm 1: repeat { x_0 ~ data, t ~ Uniform, eps ~ N(0, I), step on ||eps - eps_theta(x_t, t)||^2 }.
+class Saver:
+    """Writes the run's checkpoint, only ever with weights known to work, and remembers which
+    step the checkpoint on disk is from, for the error message of a run that diverges."""
 
-    Returns the EMA model (used for sampling), the schedule, the run's metadata, the loss of every
-    step, and a dict: steps, seconds, and whether Ctrl-C or SIGTERM stopped it. overwrite: the
-    folder holds an earlier run, whose files are removed just before this run writes its first one.
-    """
-    images, labels, model, meta = setup(args, ckpt)
-    sched = build_schedule(meta, run_dir)
-    model.to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
-    step, history, saved = 0, [], None  # saved: the step of the checkpoint in run_dir, None if none
-    if ckpt is not None:
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
-        step, history, saved = ckpt["step"], list(ckpt["history"]), ckpt["step"]
-    if overwrite:
-        clear_old_run(run_dir)
-    save_json(run_dir / "config.json", dict(meta, steps=args.steps, minutes=args.minutes))
-    plots.forward_noising(sched, images[:4], run_dir / "forward.png")
-    probe = [p if p is None else p.to(device)
-             for p in probe_batch(images, labels, sched, meta["conditional"])]
-    images, labels = images.to(device), labels.to(device)
+    def __init__(self, run_dir, meta, probe, ckpt):
+        self.run_dir, self.meta, self.probe = run_dir, meta, probe
+        self.saved = None if ckpt is None else ckpt["step"]
 
-    def kept():
-        if saved is None:
+    def kept(self):
+        if self.saved is None:
             return "no checkpoint was saved"
-        return f"the last good checkpoint, from step {saved}, is kept in {run_dir}"
+        return f"the last good checkpoint, from step {self.saved}, is kept in {self.run_dir}"
 
-    def save():
-        """Replace the checkpoint, only with weights known to work: the model's and the EMA's."""
-        nonlocal saved
-        if not (gives_finite_loss(model, probe) and gives_finite_loss(ema, probe)):
-            raise UserError(f"the weights diverged by step {step}; try a lower --lr ({kept()})")
-        save_checkpoint(run_dir / "checkpoint.pt", dict(
-            meta=meta, model_config=meta["model_config"], schedule=meta["schedule"], model=model.state_dict(),
-            ema=ema.state_dict(), optimizer=opt.state_dict(), step=step, history=history,
-            rng=torch.get_rng_state()))
-        saved = step
+    def check(self, loss, step):
+        """A NaN loss means the weights are already bad: stop, keeping the last saved checkpoint."""
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at step {step}; try a lower --lr "
+                            f"({self.kept()})")
 
-    # Ctrl-C (SIGINT) and SIGTERM (kill, docker stop, SLURM, a closing terminal) finish the current
-    # step, save a checkpoint and stop, instead of losing the run.
-    interrupted = []
-    old_handlers = {sig: signal.signal(sig, lambda *_: interrupted.append(True))
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
-    start, first_step, smooth, last_print = time.time(), step, None, 0.0
-    model.train()
+    def save(self, model, ema, opt, step, history):
+        if not (gives_finite_loss(model, self.probe) and gives_finite_loss(ema, self.probe)):
+            raise UserError(f"the weights diverged by step {step}; try a lower --lr "
+                            f"({self.kept()})")
+        save_checkpoint(self.run_dir / "checkpoint.pt", dict(
+            meta=self.meta, model=model.state_dict(), ema=ema.state_dict(),
+            optimizer=opt.state_dict(), step=step, history=history, rng=torch.get_rng_state()))
+        self.saved = step
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Ctrl-C (SIGINT) and SIGTERM (kill, docker stop, SLURM, a closing terminal) ask training to
+    stop: the current step ends, a checkpoint is saved, and the run is not lost. Yields a list
+    that is non-empty once a stop was asked for."""
+    asked = []
+    old = {sig: signal.signal(sig, lambda *_: asked.append(True))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while step < args.steps and not interrupted and time.time() - start < 60 * args.minutes:
-            idx = torch.randint(0, len(images), (meta["batch_size"],), device=device)  # x_0 ~ q(x_0)
-            y = None
-            if meta["conditional"]:  # drop the label sometimes, so the same net learns eps(x_t, t) too
-                y = labels[idx].masked_fill(torch.rand(len(idx), device=device) < meta["p_uncond"], 10)
-            loss = training_loss(model, sched, images[idx], y)
-            if not torch.isfinite(loss):  # the weights are already bad: keep the last saved checkpoint
-                raise UserError(f"the loss became {loss.item()} at step {step + 1}; try a lower --lr "
-                                f"({kept()})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            for group in opt.param_groups:                              # linear warm-up, then constant
-                group["lr"] = meta["lr"] * min(1.0, (step + 1) / WARMUP)
-            opt.step()
-            step += 1
-            # The EMA gets a warm-up of its own, or for the first thousand steps it would remember the init.
-            decay = min(meta["ema_decay"], (1 + step) / (10 + step))
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
-            history.append(loss.item())
-            smooth = history[-1] if smooth is None else 0.98 * smooth + 0.02 * history[-1]
-            if step % args.ckpt_every == 0:
-                save()
-            if (now := time.time()) - last_print > 1 or step == args.steps:
-                rate = (step - first_step) / (now - start)
-                eta = min((args.steps - step) / rate, 60 * args.minutes - (now - start))
-                progress(f"step {step}/{args.steps}  loss {smooth:.4f}  {rate:.2f} steps/s  "
-                         f"ETA {eta / 60:.1f} min")
-                last_print = now
-        end_progress()
-        save()
+        yield asked
     finally:
-        for sig, handler in old_handlers.items():
+        for sig, handler in old.items():
             signal.signal(sig, handler)
-    trained = dict(steps=step, train_seconds=round(time.time() - start, 1),
-                   interrupted=bool(interrupted))
-    return ema, sched, meta, history, trained
 
 
-# --- sampling (Algorithm 2, or DDIM) ----------------------------------------------------------------
-
-class Progress:
-    """A progress line on stderr, redrawn at most once a second: done/total, rate and time left."""
-
-    def __init__(self, total, what):
-        self.total, self.what, self.done = total, what, 0
-        self.start = self.last = time.time()
-
-    def tick(self, value=None):
-        self.done += 1
-        now = time.time()
-        if now - self.last > 1 or self.done == self.total:
-            rate = self.done / max(now - self.start, 1e-9)
-            progress(f"{self.what}: step {self.done}/{self.total}  {rate:.1f} steps/s  "
-                     f"ETA {(self.total - self.done) / rate / 60:.1f} min")
-            self.last = now
-        return value
-
-    def close(self):
-        end_progress()
-
+# --- sampling (Algorithm 2, or DDIM) --------------------------------------------------------------
 
 def finite(eps):
     """The network's output, if it is finite: broken weights stop sampling at once, not after
@@ -393,50 +462,64 @@ def finite(eps):
 
 
 def sample(model, sched, meta, args, device):
-    """Draw args.n images, in batches. Returns (samples (n, C, H, W) in [-1, 1], trajectory, seconds)."""
+    """Draw args.n images, in batches. Returns (samples (n, C, H, W) in [-1, 1], trajectory,
+    seconds); the trajectory holds (t, x_t, x0_hat) at eight t of the first batch, for the
+    figure."""
     if meta["conditional"]:
-        labels = args.labels or list(range(10))
+        labels = args.labels or list(range(NUM_CLASSES))
         y_all = torch.tensor(labels, device=device).repeat(math.ceil(args.n / len(labels)))[:args.n]
     c, s = meta["model_config"]["in_channels"], meta["model_config"]["image_size"]
     gen = torch.Generator(device).manual_seed(args.seed)
     T = sched.T
-    # Keep x_t and the predicted x_0 at eight t for the figure (all DDIM steps, then we thin them).
-    record = set(range(T)) if args.sampler == "ddim" else set(np.linspace(T - 1, 0, 8).round().astype(int))
-    chunks, trajectory, start = [], None, time.time()
+    # Keep x_t and x0_hat at eight t for the figure (all DDIM steps, then we thin them).
+    record = set(range(T)) if args.sampler == "ddim" else \
+        set(np.linspace(T - 1, 0, 8).round().astype(int))
+    chunks, trajectory = [], None
     chunk = 1000 if device.type == "cuda" else 256  # a GPU is idle on small batches; a CPU is not
     steps = sched.T if args.sampler == "ddpm" else args.sampling_steps
     meter = Progress(math.ceil(args.n / chunk) * steps, f"sampling {args.n} images, {args.sampler}")
     for i in range(0, args.n, chunk):
         shape = (min(chunk, args.n - i), c, s, s)
-        if meta["conditional"]:
-            y = y_all[i:i + shape[0]]
-            net = (lambda x, t, y=y: model(x, t, y)) if args.guidance is None else \
-                classifier_free_guidance(model, y, args.guidance, null_label=10)
-        else:
-            net = lambda x, t: model(x, t)
-        eps_fn = lambda x, t, net=net: meter.tick(finite(net(x, t)))  # one network call a step
+        net = denoiser(model, meta, args, y_all[i:i + shape[0]] if meta["conditional"] else None)
+
+        def eps_fn(x_t, t, net=net):  # one network call a sampling step
+            eps_hat = finite(net(x_t, t))
+            meter.tick()
+            return eps_hat
         kw = dict(generator=gen, device=device, record=record if i == 0 else ())
         with torch.no_grad():
             if args.sampler == "ddpm":
-                x, traj = sched.p_sample_loop(eps_fn, shape, **kw)
+                x0, traj = sched.p_sample_loop(eps_fn, shape, **kw)
             else:
-                x, traj = sched.ddim_sample_loop(eps_fn, shape, steps=args.sampling_steps, eta=args.eta, **kw)
-        chunks.append(x.cpu())
+                x0, traj = sched.ddim_sample_loop(eps_fn, shape, steps=args.sampling_steps,
+                                                  eta=args.eta, **kw)
+        chunks.append(x0.cpu())
         if i == 0:
             trajectory = traj[::max(1, len(traj) // 8)] if args.sampler == "ddim" else traj
     meter.close()
-    return torch.cat(chunks), trajectory, time.time() - start
+    return torch.cat(chunks), trajectory, meter.seconds()
+
+
+def denoiser(model, meta, args, y):
+    """The eps_theta(x_t, t) that the samplers call: the model itself, conditioned on the labels y
+    (B,) of a conditional model, or guided by them with --guidance."""
+    if not meta["conditional"]:
+        return lambda x_t, t: model(x_t, t)
+    if args.guidance is None:
+        return lambda x_t, t: model(x_t, t, y)
+    return classifier_free_guidance(model, y, args.guidance, null_label=NULL_LABEL)
 
 
 def evaluate(samples, meta, args):
-    """FID and friends (metrics.py) for MNIST samples, if its classifier is already trained and cached."""
+    """FID and friends (metrics.py) for MNIST samples (n, 1, 28, 28), if metrics.py's classifier
+    is already trained and cached; None otherwise."""
     if meta["dataset"] != "mnist" or not (Path(args.data_dir) / metrics.CLASSIFIER_FILE).exists() \
             or args.n <= metrics.K:
         return None
     try:
         classifier, _ = metrics.load_or_train_classifier(args.data_dir, log=lambda *_: None)
         real_test, _ = metrics.load_mnist(args.data_dir, train=False)
-    except UserError as e:  # a damaged cache or no test set: the samples are saved; score them later
+    except UserError as e:  # a damaged cache or no test set: the samples are saved; score later
         print(f"no metrics: {e}", file=sys.stderr)
         return None
     return metrics.evaluate(samples, classifier, real_test)
@@ -459,21 +542,27 @@ def sample_folder_name(args):
 def megabytes_needed(args):
     """Roughly what a run writes: two checkpoints (the old one stays until the new one is complete),
     each 4 bytes for every weight, EMA weight and Adam moment; then samples and ~2 MB of figures."""
-    config = dict(PRESETS[args.preset or PRESET], num_classes=10 if args.conditional else None)
+    config = dict(PRESETS[args.preset or PRESET],
+                  num_classes=NUM_CLASSES if args.conditional else None)
     weights = sum(p.numel() for p in UNet(**config).parameters())
     samples = args.n * 28 * 28 * 4
     return (samples + (0 if args.sample_from else 2 * 4 * 4 * weights)) / 1e6 + 2
 
 
 def main(argv=None):
-    args = get_args(argv)
+    run(get_args(argv))
+
+
+def run(args):
+    """Train then sample, or only sample (--sample-from). Returns the summary (what summary.json
+    holds), or None if Ctrl-C or SIGTERM stopped training. Other scripts call it with
+    outputs.settings(get_args, **flags) for args."""
     check_args(args)
     device = pick_device(args.device)
     try:
         if args.sample_from:
-            sample_from(args, device)
-        else:
-            train_then_sample(args, device)
+            return sample_from(args, device)
+        return train_then_sample(args, device)
     except DiskFull as e:
         raise UserError(f"{e}; this run needs about {megabytes_needed(args):.0f} MB") from None
 
@@ -488,7 +577,7 @@ def sample_from(args, device):
     out = Path(args.sample_from) / "samples" / sample_folder_name(args)
     check_writable(out, "--sample-from")
     remove_orphans(out)
-    draw(args, out, model, sched, meta, ckpt["history"], dict(steps=ckpt["step"]), device)
+    return draw(args, out, model, sched, meta, ckpt["history"], dict(steps=ckpt["step"]), device)
 
 
 def train_then_sample(args, device):
@@ -504,44 +593,45 @@ def train_then_sample(args, device):
         out, made = claim_run_folder(args)
     print(f"run folder: {out}", file=sys.stderr)
     try:
-        model, sched, meta, history, trained = train(args, out, device, ckpt,
-                                                     overwrite=out not in made and not args.resume)
+        result = train(args, out, device, ckpt, overwrite=out not in made and not args.resume)
     except BaseException:
         unclaim(made)  # failed before writing anything: leave no empty folder behind
         raise
-    plots.loss_curve(history, out / "loss.png")
-    if trained.pop("interrupted"):  # the user wants the machine back: no minutes of sampling now
-        print(f"interrupted: checkpoint saved at step {trained['steps']} in {out}; continue "
+    plots.loss_curve(result.history, out / "loss.png")
+    if result.interrupted:  # the user wants the machine back: no minutes of sampling now
+        print(f"interrupted: checkpoint saved at step {result.steps} in {out}; continue "
               f"training with --resume {out}, or draw samples with --sample-from {out}",
               file=sys.stderr)
-        return
-    draw(args, out, model, sched, meta, history, trained, device)
+        return None
+    trained = dict(steps=result.steps, train_seconds=result.seconds)
+    return draw(args, out, result.ema, result.sched, result.meta, result.history, trained, device)
 
 
 def draw(args, out, model, sched, meta, history, trained, device):
-    """Sample, then write the samples, the figures and summary.json into `out`."""
+    """Sample, then write the samples, the figures and summary.json into `out`. Returns the
+    summary."""
     samples, trajectory, seconds = sample(model, sched, meta, args, device)
     atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, samples.numpy().astype(np.float32)))
-    plots.sample_grid(samples, out / "samples.png",
-                      f"{args.n} samples, {args.sampler.upper()} ({meta['dataset']}, step {trained['steps']})")
+    plots.sample_grid(samples, out / "samples.png", f"{args.n} samples, {args.sampler.upper()} "
+                      f"({meta['dataset']}, step {trained['steps']})")
     plots.trajectory(trajectory, out / "trajectory.png")
     ddim = args.sampler == "ddim"
-    summary = dict(trained, dataset=meta["dataset"], schedule=meta["schedule"], sampler=args.sampler,
-                   sampling_steps=args.sampling_steps if ddim else sched.T,
-                   eta=args.eta if ddim else None,
-                   labels=args.labels, guidance=args.guidance, n=args.n,
-                   sampling_seconds=round(seconds, 1), seed=args.seed,
+    summary = dict(trained, dataset=meta["dataset"], schedule=meta["schedule"],
+                   sampler=args.sampler, sampling_steps=args.sampling_steps if ddim else sched.T,
+                   eta=args.eta if ddim else None, labels=args.labels, guidance=args.guidance,
+                   n=args.n, sampling_seconds=round(seconds, 1), seed=args.seed,
                    final_loss=round(float(np.mean(history[-100:])), 4) if history else None,
                    metrics=evaluate(samples, meta, args))
     save_json(out / "summary.json", summary)
     print(f"sampled {args.n} images in {seconds:.1f} s; figures and samples.npy in {out}")
     m = summary["metrics"]
     if m:
-        print(f"FID {m['fid']:.2f} (N = {m['n']}), precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
-              f"classes present {m['classes_present']}/10, mean confidence {m['confidence']:.3f}")
+        print(f"FID {m['fid']:.2f} (N = {m['n']}), precision {m['precision']:.3f}, "
+              f"recall {m['recall']:.3f}, classes present {m['classes_present']}/{NUM_CLASSES}, "
+              f"mean confidence {m['confidence']:.3f}")
     elif meta["dataset"] == "mnist":
         print(f"to score them: python metrics.py {out / 'samples.npy'} --data-dir {args.data_dir}")
-
+    return summary
 
 if __name__ == "__main__":
     run_main(main)

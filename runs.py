@@ -75,7 +75,7 @@ def clear_old_run(folder):
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
-CHECKPOINT_KEYS = {"meta", "model_config", "schedule", "model", "ema", "step", "history"}
+CHECKPOINT_KEYS = {"meta", "model", "ema", "step", "history"}
 META_KEYS = {"dataset", "requested", "fallback", "model_config", "schedule", "conditional",
              "p_uncond", "batch_size", "lr", "ema_decay"}
 
@@ -131,8 +131,8 @@ def for_sampling(ckpt):
     and the loss history; no optimiser state or RNG state, so it cannot be resumed. Its "model"
     entry is the EMA weights themselves (torch.save stores a shared tensor once), so it is a third
     of the full size."""
-    return dict(meta=ckpt["meta"], model_config=ckpt["model_config"], schedule=ckpt["schedule"],
-                model=ckpt["ema"], ema=ckpt["ema"], step=ckpt["step"], history=ckpt["history"])
+    return dict(meta=ckpt["meta"], model=ckpt["ema"], ema=ckpt["ema"], step=ckpt["step"],
+                history=ckpt["history"])
 
 
 def check_schedule(meta, path):

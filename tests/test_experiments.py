@@ -50,15 +50,15 @@ def test_one_row_per_schedule_and_measurement_then_the_json_and_figure(tiny, tmp
 
 
 def test_a_run_stopped_midway_keeps_what_it_measured(tiny, tmp_path, monkeypatch):
-    real_main, calls = part2_diffusion.main, []
+    real_run, calls = part2_diffusion.run, []
 
-    def main_that_dies_at_the_third_call(argv):
-        calls.append(argv)
+    def run_that_dies_at_the_third_call(args):
+        calls.append(args)
         if len(calls) == 3:
             raise KeyboardInterrupt  # a timeout or Ctrl-C during the first sampler of the sweep
-        real_main(argv)
+        return real_run(args)
 
-    monkeypatch.setattr(part2_diffusion, "main", main_that_dies_at_the_third_call)
+    monkeypatch.setattr(part2_diffusion, "run", run_that_dies_at_the_third_call)
     with pytest.raises(KeyboardInterrupt):
         experiments.schedules_experiment(tiny + ["--schedules", "quadratic", "--steps", "2", "--measure-at", "1",
                                                  "--sampling-steps", "2"])
