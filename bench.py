@@ -53,7 +53,7 @@ def bench_part1(argv):
         model, _ = p1.train(p1.Y_GRID[order], x_grid[order], seed=1000 + s, restarts=args.floor_restarts,
                             hops=args.floor_hops)
         p1.fit(model, p1.Y_GRID, x_grid, [], steps=3000, history=100)  # polish 10x longer than the recipe does
-        floors.append(p1.evaluate(model)["mse"])
+        floors.append(p1.grid_error(model)["mse"])
         print(f"floor search {s}: held-out MSE {floors[-1]:.3e} ({time.perf_counter() - start:.0f} s)", flush=True)
     floor = min(floors)
 
@@ -62,7 +62,7 @@ def bench_part1(argv):
         y, x = p1.make_data(args.n, torch.Generator().manual_seed(seed))
         start = time.perf_counter()
         model, _ = p1.train(y, x, seed=seed)
-        rows.append({"seed": seed, **p1.evaluate(model), "seconds": time.perf_counter() - start})
+        rows.append({"seed": seed, **p1.grid_error(model), "seconds": time.perf_counter() - start})
         print(f"seed {seed:2d}: held-out MSE {rows[-1]['mse']:.3e} = {rows[-1]['mse'] / floor:.2f} x floor, "
               f"max |error| {rows[-1]['max_abs_error']:.4f}, {rows[-1]['seconds']:.1f} s", flush=True)
     mses = [r["mse"] for r in rows]
@@ -77,12 +77,12 @@ def bench_part1(argv):
             opt.zero_grad()
             ((model(y) - x) ** 2).mean().backward()
             opt.step()
-        adam.append((p1.evaluate(model)["mse"], p1.evaluate(p1.straight_line(y, x))["mse"]))
+        adam.append((p1.grid_error(model)["mse"], p1.grid_error(p1.straight_line(y, x))["mse"]))
 
     for seed in range(args.data_limit_seeds):  # the search of the floor, on what the default recipe sees
         y, x = p1.make_data(args.n, torch.Generator().manual_seed(seed))
         model, _ = p1.train(y, x, seed=seed, restarts=args.floor_restarts, hops=args.floor_hops)
-        mse = p1.evaluate(model)["mse"]
+        mse = p1.grid_error(model)["mse"]
         print(f"long search on the {args.n} training pairs of seed {seed}: held-out MSE {mse:.3e} "
               f"= {mse / floor:.2f} x floor", flush=True)
 
@@ -108,7 +108,7 @@ def bench_part1(argv):
               f"{sum(m > 0.9 * line for m, line in adam)}; within 2 x floor on {sum(m <= 2 * floor for m, _ in adam)}")
     print(f"one default run, whole command (python part1_inversion.py): {command_seconds:.1f} s")
     y, x = p1.make_data(args.n, torch.Generator().manual_seed(0))
-    line = p1.evaluate(p1.straight_line(y, x))["mse"]
+    line = p1.grid_error(p1.straight_line(y, x))["mse"]
     print(f"for scale, the least-squares straight line (seed 0): held-out MSE {line:.3e}")
 
 
