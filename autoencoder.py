@@ -22,6 +22,9 @@ does with its constant 0.18215: `encode` returns latents with unit variance, `de
 
 Trained once on MNIST's training digits and cached beside the data (`<data-dir>/mnist-autoencoder.pt`),
 like metrics.py's classifier.
+
+Next: the Part 3 script that joins them (being built); until then, the tests in
+tests/test_captions.py, tests/test_cross_attention.py and tests/test_autoencoder.py.
 """
 import argparse
 import math

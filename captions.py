@@ -28,6 +28,8 @@ the small vocabulary to a number, after a start token that every prompt has (so 
 the "no caption" of classifier-free guidance, has one token to attend to, as CLIP's does), and pads to
 MAX_TOKENS; an unknown word stops with one line that lists the vocabulary. `TextEncoder` turns the
 tokens into one vector per token, which the U-Net reads through cross-attention (unet.py).
+
+Next: autoencoder.py, the latent space.
 """
 import argparse
 import random

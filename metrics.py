@@ -1,16 +1,16 @@
 """Sample quality, measured: Frechet distance, precision and recall, and class coverage.
 
-    python metrics.py runs/<name>/samples.npy     # the figures for a set of generated digits
-    python metrics.py --calibrate                 # the same figures for real, noisy, blurred and noise images
+    python metrics.py runs/<name>/samples.npy     # the scores for a set of generated digits
+    python metrics.py --calibrate                 # the same scores for real, noisy, blurred and noise images
 
 FID (Heusel et al. 2017) compares two sets of images through the features of a network trained on real
 images: usually Inception-v3, a 100 MB download that has never seen a handwritten digit. Here a small CNN
 is trained on MNIST instead (once, a minute or two on a CPU, seeded), cached next to the data, and its
 penultimate layer plays Inception's part. Our FIDs are therefore comparable with each other, at the same
 N, and NOT with the FIDs printed in papers. `metrics.py --calibrate` shows what a value means: the
-same figures for real, noisy, blurred and pure-noise images.
+same scores for real, noisy, blurred and pure-noise images.
 
-The figures, for N generated images against the 10,000 real MNIST test digits:
+The scores, for N generated images against the 10,000 real MNIST test digits:
     FID         Frechet distance between Gaussians fitted to the two sets of features. 0 for identical
                 distributions; biased upward for small N, so compare values at the same N only.
     precision   the fraction of generated images that land on the real images' manifold (are they good?)
@@ -28,14 +28,16 @@ classes) learns from MNIST's train[:50000] (3 epochs, seed 0) and is cached as
 nor the FID reference has seen give the floor, which is not 0 (about 5.7 at N = 1000, mostly
 finite-N bias). The Part 2 bar: at N = 1000, FID at most half that of 3x3-blurred test digits (112
 with the seed-0 classifier; --calibrate recomputes it for yours), with all 10 classes present. The
-figures belong to the classifier file: compare them only under the same one.
+scores belong to the classifier file: compare them only under the same one.
 
 Samples are a .npy array: float (N, 1, 28, 28) or (N, 28, 28) in [-1, 1], as part2_diffusion.py
 writes them, or uint8 in 0..255. Bad input (wrong shape or range, NaN, fewer than 4 samples, no
 classifier and no MNIST to train one) stops with one line and exit status 2. From Python:
 load_or_train_classifier(data_dir, path) returns (classifier, info), and evaluate(samples,
-classifier, test_images) a dict of every figure; part2_diffusion.py uses them to score a run when
+classifier, test_images) a dict of every score; part2_diffusion.py uses them to score a run when
 the classifier is cached.
+
+Next: Part 3 begins with captions.py, the prompts.
 """
 import math
 import pickle
@@ -137,14 +139,6 @@ def load_mnist(data_dir, train, need="the metrics need real MNIST"):
     return torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(labels)
 
 
-def check_can_write(path, flag):
-    """A UserError now, rather than after minutes of work, if `path` cannot be written."""
-    try:
-        check_writable(Path(path).parent)
-    except UserError:
-        raise UserError(f"cannot write {path}; choose a writable place with {flag}") from None
-
-
 def load_or_train_classifier(data_dir="data", path=None, log=print):
     """The cached classifier at `path` (default <data_dir>/mnist-classifier.pt), trained and saved first
     if it is missing. Returns (model, info); info records what it was trained on and its test accuracy."""
@@ -164,7 +158,7 @@ def load_or_train_classifier(data_dir="data", path=None, log=print):
             raise UserError(f"{path} is not a classifier saved by metrics.py ({reason}); "
                             f"delete it to train a new one") from None
         return model.eval(), info
-    check_can_write(path, "--classifier PATH")     # before training, not after
+    check_writable(Path(path).parent, "--classifier PATH")     # before training, not after
     need = f"no classifier at {path}, and training one needs real MNIST"
     train_x, train_y = load_mnist(data_dir, train=True, need=need)
     test_x, test_y = load_mnist(data_dir, train=False, need=need)
@@ -179,7 +173,7 @@ def load_or_train_classifier(data_dir="data", path=None, log=print):
     return model, info
 
 
-# --- the figures ------------------------------------------------------------------------------------
+# --- the scores ------------------------------------------------------------------------------------
 
 def gaussian_fit(feats):
     """(N, D) features -> mean (D,) and covariance (D, D), float64 (the unbiased 1/(N-1) estimate)."""
@@ -284,15 +278,15 @@ def as_images(samples):
 
 
 def evaluate(samples, classifier, real_test_images, k=K, seed=SEED):
-    """Every figure for N samples against the real test images. Returns a JSON-ready dict.
+    """Every score for N samples against the real test images. Returns a JSON-ready dict.
 
     samples: any format `as_images` accepts; real_test_images: (M, 1, 28, 28) in [-1, 1], M = 10000
     for MNIST. FID uses all M as the reference. Precision and recall use N of them (a seeded draw):
     k-NN balls shrink as a set grows, so sets of unequal size would skew both numbers."""
-    return figures(classifier, as_images(samples), features(classifier, real_test_images), k, seed)
+    return scores(classifier, as_images(samples), features(classifier, real_test_images), k, seed)
 
 
-def figures(classifier, images, real_feats, k=K, seed=SEED):
+def scores(classifier, images, real_feats, k=K, seed=SEED):
     """evaluate(), given the (M, D) features of the real test images (calibration reuses them)."""
     if len(images) <= k:
         raise ValueError(f"need more than {k} samples for precision and recall (k = {k}); got {len(images)}")
@@ -316,7 +310,7 @@ def box_blur(images):
 
 
 def calibration_sets(train_x, train_y, test_x, n=N_CALIBRATION, seed=SEED):
-    """(name, images) pairs of n images each, from best to worst, to read the figures against."""
+    """(name, images) pairs of n images each, from best to worst, to read the scores against."""
     gen = torch.Generator().manual_seed(seed)
     held_x, held_y = train_x[N_CLASSIFIER_TRAIN:], train_y[N_CLASSIFIER_TRAIN:]
     if (held_y < 5).sum() < n:
@@ -340,14 +334,14 @@ def calibration_sets(train_x, train_y, test_x, n=N_CALIBRATION, seed=SEED):
 
 
 def calibrate(classifier, train_x, train_y, test_x, n=N_CALIBRATION):
-    """[(name, figures)] for each calibration set, against test_x as the reference."""
+    """[(name, scores)] for each calibration set, against test_x as the reference."""
     real_feats = features(classifier, test_x)
-    return [(name, figures(classifier, images, real_feats))
+    return [(name, scores(classifier, images, real_feats))
             for name, images in calibration_sets(train_x, train_y, test_x, n)]
 
 
 def format_table(rows):
-    """[(name, figures)] -> the table the CLI prints."""
+    """[(name, scores)] -> the table the CLI prints."""
     head = f"{'':36s} {'N':>5s} {'FID':>8s} {'prec.':>6s} {'recall':>6s} {'KL(U)':>6s} {'class':>5s} {'conf.':>6s}"
     lines = [head]
     for name, f in rows:
@@ -383,25 +377,25 @@ def load_samples(path):
 
 def main(argv=None):
     parser = arg_parser(
-        description="Sample-quality figures in the feature space of a small MNIST classifier.",
+        description="Sample-quality scores in the feature space of a small MNIST classifier.",
         epilog="SAMPLES is a .npy array of digits: float (N, 1, 28, 28) or (N, 28, 28) in [-1, 1] (as "
                "part2_diffusion.py writes them), or uint8 in 0..255. The classifier is trained on first "
                "use (a minute or two) and cached; FID and N depend on each other, so compare at equal N.")
     parser.add_argument("samples", nargs="?", help="samples.npy to evaluate")
     parser.add_argument("--calibrate", action="store_true",
-                        help="print the figures for real, noisy, blurred and pure-noise images instead")
+                        help="print the scores for real, noisy, blurred and pure-noise images instead")
     parser.add_argument("--n", type=int, default=N_CALIBRATION, help="images per calibration row (%(default)s)")
     parser.add_argument("--data-dir", default="data", help="folder with the MNIST files (%(default)s)")
     parser.add_argument("--classifier", metavar="PATH",
                         help=f"cached classifier (default: DATA_DIR/{CLASSIFIER_FILE}; trained if missing)")
-    parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
+    parser.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
     if args.calibrate == (args.samples is not None):
         parser.error("give either SAMPLES or --calibrate")
     if args.calibrate and args.n < K + 1:
         raise UserError(f"--n must be at least {K + 1} (precision and recall use k = {K}); got {args.n}")
     if args.json:
-        check_can_write(args.json, "--json")
+        check_writable(Path(args.json).parent, "--json")
     samples = None if args.calibrate else load_samples(args.samples)
 
     classifier, _ = load_or_train_classifier(args.data_dir, args.classifier)
@@ -411,7 +405,7 @@ def main(argv=None):
         train_x, train_y = load_mnist(args.data_dir, train=True, need="calibration needs real MNIST")
         rows = calibrate(classifier, train_x, train_y, test_x, args.n)
         print(format_table(rows))
-        result = {name: figures for name, figures in rows}
+        result = {name: row for name, row in rows}
     else:
         result = evaluate(samples, classifier, test_x)
         print(format_table([(Path(args.samples).name, result)]))

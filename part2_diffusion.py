@@ -12,6 +12,8 @@ folders and checkpoints in runs.py.
 
 Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy,
 trajectory.png, forward.png, loss.png, config.json and summary.json.
+
+Next: data.py, where the digits come from and how they are scaled.
 """
 import contextlib
 import copy
