@@ -1,5 +1,5 @@
-"""data.py: loaders on small files written here (good and corrupt), downloads from a local mirror, the
-offline fallback, the synthetic digits, and real MNIST when $MNIST_DIR names its folder."""
+"""data.py: loaders on small files written here (good and corrupt), downloads from a local mirror,
+the offline fallback, the synthetic digits, and real MNIST when $MNIST_DIR names its folder."""
 import gzip
 import hashlib
 import io
@@ -34,7 +34,8 @@ def write(path, payload, gz):
 
 
 def fake_mnist(folder, gz=True, n=(50, 20), seed=0):
-    """Write all four IDX files with random images and labels; return the arrays, train then test."""
+    """Write all four IDX files with random images and labels; return the arrays, train then
+    test."""
     rng = np.random.default_rng(seed)
     arrays = []
     for (image_name, label_name), count in zip((data.IDX_FILES[True], data.IDX_FILES[False]), n):
@@ -54,7 +55,7 @@ def assert_one_line_naming(error, *names):
         assert str(name) in message
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # MNIST-format files
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -88,8 +89,19 @@ def test_load_fashion_mnist_from_torchvision_layout(tmp_path):
     assert torch.equal(((images[:, 0] + 1) * 127.5).round().to(torch.uint8), torch.from_numpy(x))
 
 
+def test_load_images_is_the_first_n_images_of_load(tmp_path):
+    fake_mnist(tmp_path / "mnist")
+    images, _, _ = data.load("mnist", data_dir=tmp_path, download=False)
+    first = data.load_images(2, "mnist", data_dir=tmp_path, download=False)
+    assert first.dtype == torch.float32 and first.shape == (2, 1, 28, 28)
+    assert torch.equal(first, images[:2])
+    # asking for more than the split holds gives all of it
+    assert torch.equal(data.load_images(1000, "mnist", data_dir=tmp_path, download=False), images)
+
+
 def corrupt(folder, how):
-    """Write good train files into `folder`, then spoil one the way `how` says; return the spoiled path."""
+    """Write good train files into `folder`, then spoil one the way `how` says; return the spoiled
+    path."""
     images, labels, _, _ = fake_mnist(folder, gz=True)
     image_path, label_path = folder / f"{IMAGES}.gz", folder / f"{LABELS}.gz"
     if how == "bad magic":
@@ -110,13 +122,25 @@ def corrupt(folder, how):
 
 
 @pytest.mark.parametrize("how", ["bad magic", "truncated gzip", "truncated data", "wrong shape",
-                                 "labels where images belong", "count mismatch", "label out of range"])
+                                 "labels where images belong", "count mismatch",
+                                 "label out of range"])
 def test_corrupt_idx_raises_one_line_naming_the_file(tmp_path, how):
     bad = corrupt(tmp_path / "mnist", how)
-    # A corrupt local file is an error even with fallback on: the user has a file to fix, not a missing dataset.
+    # A corrupt local file is an error even with fallback on: the user has a file to fix, not a
+    # missing dataset.
     with pytest.raises(DataError) as error:
         data.load("mnist", data_dir=tmp_path, download=False, fallback=True)
     assert_one_line_naming(error, bad)
+
+
+def test_load_images_checks_the_file_and_never_falls_back(tmp_path):
+    bad = corrupt(tmp_path / "mnist", "wrong shape")
+    with pytest.raises(DataError) as error:
+        data.load_images(1, "mnist", data_dir=tmp_path, download=False)
+    assert_one_line_naming(error, bad)
+    with pytest.raises(DataError) as error:
+        data.load_images(1, "mnist", data_dir=tmp_path / "empty", download=False)
+    assert_one_line_naming(error, tmp_path / "empty" / "mnist", f"{IMAGES}.gz")
 
 
 def test_data_error_is_a_user_error():
@@ -129,18 +153,19 @@ def test_unknown_dataset_name():
         data.load("svhn", download=False)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # CIFAR-10 format
 
 def cifar_batches(n=6, seed=0):
-    """Small batches in the CIFAR-10 format, pickled with protocol 2 like the originals; and their arrays."""
+    """Small batches in the CIFAR-10 format, pickled with protocol 2 like the originals; and their
+    arrays."""
     rng = np.random.default_rng(seed)
     raws, arrays = {}, {}
     for name in data.CIFAR_BATCHES[True] + data.CIFAR_BATCHES[False]:
         x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         y = [int(v) for v in rng.integers(0, 10, n)]
-        raws[name] = pickle.dumps({"batch_label": name, "data": x, "labels": y, "filenames": ["a.png"] * n},
-                                  protocol=2)
+        batch = {"batch_label": name, "data": x, "labels": y, "filenames": ["a.png"] * n}
+        raws[name] = pickle.dumps(batch, protocol=2)
         arrays[name] = (x, y)
     return raws, arrays
 
@@ -172,14 +197,18 @@ def test_load_cifar10(tmp_path, as_tarball):
     assert labels[6:12].tolist() == y
     # Each row is the 1024 red values, then green, then blue, each plane row by row.
     assert abs(images[6, 1, 0, 5].item() - (x[0, 1024 + 5] / 127.5 - 1)) < 1e-6
-    test_images, test_labels, _ = data.load("cifar10", data_dir=tmp_path, train=False, download=False)
+    test_images, test_labels, _ = data.load("cifar10", data_dir=tmp_path, train=False,
+                                            download=False)
     assert test_images.shape == (6, 3, 32, 32) and test_labels.tolist() == arrays["test_batch"][1]
+    first = data.load_images(8, "cifar10", data_dir=tmp_path, train=True, download=False)
+    assert torch.equal(first, images[:8])
 
 
 def test_cifar10_corrupt_files(tmp_path):
     raws, _ = cifar_batches()
     folder = write_cifar(tmp_path, False, raws)
-    (folder / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((6, 100), np.uint8), "labels": [0] * 6}))
+    wrong_width = {"data": np.zeros((6, 100), np.uint8), "labels": [0] * 6}
+    (folder / "test_batch").write_bytes(pickle.dumps(wrong_width))
     with pytest.raises(DataError) as error:
         data.load("cifar10", data_dir=tmp_path, train=False, download=False)
     assert_one_line_naming(error, folder / "test_batch", "3072")
@@ -215,18 +244,20 @@ def test_cifar10_pickle_may_not_run_code(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned.txt").exists()
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Downloads, from a local file:// mirror
 
 @pytest.fixture
 def mirrors(tmp_path, monkeypatch):
-    """Mirror 1 serves damaged copies, mirror 2 good ones; MD5 is patched to the good copies' sums."""
+    """Mirror 1 serves damaged copies, mirror 2 good ones; MD5 is patched to the good copies'
+    sums."""
     good, bad = tmp_path / "good", tmp_path / "bad"
     arrays = fake_mnist(good, gz=True)
     bad.mkdir()
     for f in good.iterdir():
         (bad / f.name).write_bytes(f.read_bytes()[:-10])
-    monkeypatch.setitem(data.MD5, "mnist", {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in good.iterdir()})
+    sums = {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in good.iterdir()}
+    monkeypatch.setitem(data.MD5, "mnist", sums)
     monkeypatch.setitem(data.MIRRORS, "mnist", (bad.as_uri() + "/", good.as_uri() + "/"))
     return arrays, good, bad
 
@@ -238,8 +269,10 @@ def test_download_checks_md5_and_tries_the_next_mirror(tmp_path, mirrors, capsys
     err = capsys.readouterr().err
     assert f"downloading {bad.as_uri()}/{IMAGES}.gz" in err and "MD5" in err
     assert f"downloading {good.as_uri()}/{IMAGES}.gz" in err and "%" in err  # the progress line
-    # Only this split was fetched, into data/mnist/, with no temporary file left behind by the failed attempt.
-    assert sorted(p.name for p in (tmp_path / "data" / "mnist").iterdir()) == [f"{IMAGES}.gz", f"{LABELS}.gz"]
+    # Only this split was fetched, into data/mnist/, with no temporary file left behind by the
+    # failed attempt.
+    fetched = sorted(p.name for p in (tmp_path / "data" / "mnist").iterdir())
+    assert fetched == [f"{IMAGES}.gz", f"{LABELS}.gz"]
     # The next call finds the files on disk and does not download again.
     data.load("mnist", data_dir=tmp_path / "data", train=True)
     assert "downloading" not in capsys.readouterr().err
@@ -247,7 +280,8 @@ def test_download_checks_md5_and_tries_the_next_mirror(tmp_path, mirrors, capsys
 
 def test_download_with_every_mirror_failing(tmp_path, mirrors, monkeypatch, capsys):
     _, _, bad = mirrors
-    monkeypatch.setitem(data.MIRRORS, "mnist", ((tmp_path / "nowhere").as_uri() + "/", bad.as_uri() + "/"))
+    monkeypatch.setitem(data.MIRRORS, "mnist",
+                        ((tmp_path / "nowhere").as_uri() + "/", bad.as_uri() + "/"))
     with pytest.raises(DataError) as error:
         data.load("mnist", data_dir=tmp_path / "data")
     assert_one_line_naming(error, "download failed", tmp_path / "data" / "mnist")
@@ -255,7 +289,7 @@ def test_download_with_every_mirror_failing(tmp_path, mirrors, monkeypatch, caps
     assert not any((tmp_path / "data" / "mnist").iterdir())  # nothing half-written
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The offline fallback and the synthetic digits
 
 def test_missing_data_without_fallback(tmp_path):
@@ -268,12 +302,16 @@ def test_missing_data_without_fallback(tmp_path):
 
 def test_fallback_says_so_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "_warned_synthetic", False)
-    images, labels, used = data.load("mnist", data_dir=tmp_path, train=False, download=False, fallback=True)
-    assert used == "synthetic-digits" and images.shape == (10000, 1, 28, 28) and labels.shape == (10000,)
+    images, labels, used = data.load("mnist", data_dir=tmp_path, train=False, download=False,
+                                     fallback=True)
+    assert used == "synthetic-digits"
+    assert images.shape == (10000, 1, 28, 28) and labels.shape == (10000,)
     assert images.min() >= -1 and images.max() <= 1
     # A second fallback in the same run stays quiet (and is kept small here, to save time).
-    monkeypatch.setattr(data, "synthetic_digits", lambda n, seed: (torch.zeros(2, 1, 28, 28), torch.zeros(2)))
-    assert data.load("mnist", data_dir=tmp_path, download=False, fallback=True)[2] == "synthetic-digits"
+    monkeypatch.setattr(data, "synthetic_digits",
+                        lambda n, seed: (torch.zeros(2, 1, 28, 28), torch.zeros(2)))
+    used = data.load("mnist", data_dir=tmp_path, download=False, fallback=True)[2]
+    assert used == "synthetic-digits"
     err = capsys.readouterr().err
     assert err.count("NOT MNIST") == 1 and f"{IMAGES}.gz" in err
 
@@ -294,7 +332,8 @@ def test_synthetic_digits_format_and_determinism():
 
 
 def test_synthetic_digits_look_like_their_labels():
-    """A nearest-class-mean classifier fitted on one seed must read the labels of another far above chance."""
+    """A nearest-class-mean classifier fitted on one seed must read the labels of another far above
+    chance."""
     x, y = data.synthetic_digits(1000, seed=0)
     means = torch.stack([x[y == d].mean(0).flatten() for d in range(10)])
     x_new, y_new = data.synthetic_digits(300, seed=1)
@@ -304,20 +343,23 @@ def test_synthetic_digits_look_like_their_labels():
     assert 1.7 < data.stroke_width((x + 1) / 2).mean() < 2.5
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Real MNIST
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
 
 
 @pytest.mark.mnist
-@pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(), reason="set MNIST_DIR to a folder with MNIST")
+@pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
+                    reason="set MNIST_DIR to a folder with MNIST")
 def test_real_mnist():
-    counts = {True: [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],   # the published class sizes
+    # the published class sizes
+    counts = {True: [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
               False: [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]}
     for train, n in ((True, 60000), (False, 10000)):
         images, labels, used = data.load("mnist", data_dir=MNIST_DIR, train=train, download=False)
         assert used == "mnist" and images.shape == (n, 1, 28, 28) and labels.shape == (n,)
         assert images.min() == -1 and images.max() == 1
         assert torch.bincount(labels, minlength=10).tolist() == counts[train]
-        assert 0.12 < (images.mean() + 1) / 2 < 0.14  # MNIST's mean intensity, 0.13 on the [0, 1] scale
+        # MNIST's mean intensity, 0.13 on the [0, 1] scale
+        assert 0.12 < (images.mean() + 1) / 2 < 0.14

@@ -1,15 +1,15 @@
-"""Tests for unet.py: the timestep embedding and the ResBlock alone, then the whole net: shapes, conditioning
-on t and y, gradient flow, seeding, learning, bad input.
+"""Tests for unet.py: the timestep embedding and the ResBlock alone, then the whole net: shapes,
+conditioning on t and y, gradient flow, seeding, learning, bad input.
 
-The final convolution starts at zero, so the untrained net predicts eps = 0 exactly, whatever x, t and y.
-Tests that need the output to depend on its inputs first give that layer small random weights, which is
-what a few optimiser steps would do, only without depending on the optimiser.
+The final convolution starts at zero, so the untrained net predicts eps_hat = 0 exactly, whatever x,
+t and y. Tests that need the output to depend on its inputs first give that layer small random
+weights, which is what a few optimiser steps would do, only without depending on the optimiser.
 
-@pytest.mark.ex8 / ex9 grade exercises 8 (the timestep embedding) and 9 (the ResBlock) of the student
-edition (make_assignment.py). A graded test of the whole net runs one of the two and puts a stand-in for the
-other (`stand_in_embedding`, `stand_in_resblock`), so that a mistake in one costs no points in the other.
-Where a result has no closed form, it is compared with tests/reference_values.json (see
-tests/test_reference_values.py in the reference).
+@pytest.mark.ex8 / ex9 grade exercises 8 (the timestep embedding) and 9 (the ResBlock) of the
+student edition (make_assignment.py). A graded test of the whole net runs one of the two and puts a
+stand-in for the other (`stand_in_embedding`, `stand_in_resblock`), so that a mistake in one costs
+no points in the other. Where a result has no closed form, it is compared with
+tests/reference_values.json (see tests/test_reference_values.py in the reference).
 """
 import json
 import math
@@ -25,10 +25,10 @@ from unet import PRESETS, ResBlock, UNet, timestep_embedding
 
 REFERENCE = json.loads((Path(__file__).parent / "reference_values.json").read_text())
 
-# Small enough to be quick, large enough to have every part: 3 levels (16 -> 8 -> 4), 2 ResBlocks each,
-# attention at the lowest level.
-TINY = dict(image_size=16, in_channels=1, base_channels=8, channel_mults=[1, 2, 2], num_res_blocks=2,
-            attention=[2], norm_groups=4)
+# Small enough to be quick, large enough to have every part: 3 levels (16 -> 8 -> 4), 2 ResBlocks
+# each, attention at the lowest level.
+TINY = dict(image_size=16, in_channels=1, base_channels=8, channel_mults=[1, 2, 2],
+            num_res_blocks=2, attention=[2], norm_groups=4)
 
 
 
@@ -48,7 +48,7 @@ def make(**overrides):
     return unzero_output(UNet(**dict(TINY, **overrides))).eval()
 
 
-# --- exercise 8: the timestep embedding ---------------------------------------------------------------
+# --- exercise 8: the timestep embedding -----------------------------------------------------------
 
 def largest_gap(actual, expected):
     """(largest |actual - expected|, the index where it is) of two tensors of one shape."""
@@ -62,30 +62,32 @@ def largest_gap(actual, expected):
 def test_embedding_at_t0_is_sin_0_then_cos_1(dim):
     emb = timestep_embedding(torch.zeros(3, dtype=torch.long), dim)
     assert emb.shape == (3, dim) and emb.dtype == torch.float32, (
-        f"timestep_embedding(t of shape (3,), {dim}) returned {emb.dtype} of shape {tuple(emb.shape)}; expected "
-        f"float32 of shape (3, {dim})")
+        f"timestep_embedding(t of shape (3,), {dim}) returned {emb.dtype} of shape "
+        f"{tuple(emb.shape)}; expected float32 of shape (3, {dim})")
     assert torch.all(emb[:, :dim // 2] == 0) and torch.all(emb[:, dim // 2:] == 1), (
-        f"timestep_embedding at t = 0, dim = {dim}: {emb[0].tolist()}; expected sin(0) = 0 in the first half "
-        "and cos(0) = 1 in the second")
+        f"timestep_embedding at t = 0, dim = {dim}: {emb[0].tolist()}; expected sin(0) = 0 in the "
+        "first half and cos(0) = 1 in the second")
 
 
 @pytest.mark.ex8
 def test_embedding_frequencies_fall_geometrically_from_1():
     stored = REFERENCE["embedding"]
-    dim, half, w = stored["dim"], stored["dim"] // 2, torch.tensor(stored["frequencies"], dtype=torch.float64)
+    dim, half = stored["dim"], stored["dim"] // 2
+    w = torch.tensor(stored["frequencies"], dtype=torch.float64)
     emb = timestep_embedding(torch.tensor([1]), dim)[0].double()
     # at t = 1 the angles are the frequencies themselves, all in (0, 1], so atan2 recovers them
     found = torch.atan2(emb[:half], emb[half:])
     assert torch.allclose(found, w, rtol=1e-5), (
-        f"timestep_embedding at t = 1, dim = {dim}: its frequencies (the angles of the (sin, cos) pairs) are "
-        f"{[round(v, 6) for v in found.tolist()]}; expected the docstring's w_k = "
+        f"timestep_embedding at t = 1, dim = {dim}: its frequencies (the angles of the (sin, cos) "
+        f"pairs) are {[round(v, 6) for v in found.tolist()]}; expected the docstring's w_k = "
         f"{[round(v, 6) for v in w.tolist()]}")
-    t = torch.tensor(stored["t"])                                              # float timesteps work too
+    t = torch.tensor(stored["t"])                                   # float timesteps work too
     got = timestep_embedding(t, dim)
     gap, (i, k) = largest_gap(got, stored["values"])
     # float32 angles up to 999 are off by ~1e-4 at most
-    assert gap <= 1e-3, (f"timestep_embedding(t = {t[i].item()}, dim = {dim}), entry {k}: {got[i, k].item():.6f}, "
-                         f"expected {stored['values'][i][k]:.6f} ([sin(t w_k), cos(t w_k)], stored)")
+    assert gap <= 1e-3, (f"timestep_embedding(t = {t[i].item()}, dim = {dim}), entry {k}: "
+                         f"{got[i, k].item():.6f}, expected {stored['values'][i][k]:.6f} "
+                         "([sin(t w_k), cos(t w_k)], stored)")
 
 
 @pytest.mark.ex8
@@ -95,14 +97,16 @@ def test_embedding_tells_every_timestep_apart(dim):
     distance = torch.cdist(emb, emb).fill_diagonal_(math.inf)
     i, j = divmod(int(distance.argmin()), 1000)
     assert distance.min() > 0.1, (f"timestep_embedding, dim = {dim}: t = {i} and t = {j} are only "
-                                  f"{distance.min().item():.3g} apart; expected every pair of t in 0..999 more "
-                                  "than 0.1 apart (each (sin, cos) pair lies on the unit circle)")
+                                  f"{distance.min().item():.3g} apart; expected every pair of t "
+                                  "in 0..999 more than 0.1 apart (each (sin, cos) pair lies on the "
+                                  "unit circle)")
 
 
-# --- exercise 9: the residual block -------------------------------------------------------------------
+# --- exercise 9: the residual block ---------------------------------------------------------------
 
 def random_block(in_ch, out_ch, emb_dim=12, dropout=0.0, seed=0):
-    """A ResBlock with every parameter random, so that a layer left out or swapped changes the result."""
+    """A ResBlock with every parameter random, so that a layer left out or swapped changes the
+    result."""
     torch.manual_seed(seed)
     block = ResBlock(in_ch, out_ch, emb_dim, dropout, groups=4).eval()
     with torch.no_grad():
@@ -124,8 +128,9 @@ def test_resblock_maps_in_channels_to_out_channels(in_ch, out_ch):
     x, emb = torch.randn(2, in_ch, 6, 4), torch.randn(2, 12)
     with torch.no_grad():
         shape = tuple(random_block(in_ch, out_ch)(x, emb).shape)
-    assert shape == (2, out_ch, 6, 4), f"ResBlock({in_ch} -> {out_ch} channels) maps x of shape (2, {in_ch}, 6, 4) " \
-                                       f"to {shape}; expected (2, {out_ch}, 6, 4)"
+    assert shape == (2, out_ch, 6, 4), (
+        f"ResBlock({in_ch} -> {out_ch} channels) maps x of shape (2, {in_ch}, 6, 4) to {shape}; "
+        f"expected (2, {out_ch}, 6, 4)")
 
 
 @pytest.mark.ex9
@@ -137,60 +142,68 @@ def test_resblock_is_its_skip_path_when_the_last_conv_is_zero(in_ch, out_ch):
         block.conv2.bias.zero_()
         x = torch.randn(2, in_ch, 5, 5)
         out = block(x, torch.randn(2, 12))
-    skip = x if in_ch == out_ch else F.conv2d(x, block.skip.weight, block.skip.bias)   # the identity, or the 1x1 conv
+    # the identity, or the 1x1 conv
+    skip = x if in_ch == out_ch else F.conv2d(x, block.skip.weight, block.skip.bias)
     gap, i = largest_gap(out, skip)
-    assert gap <= 1e-6, (f"ResBlock({in_ch} -> {out_ch}) with its last conv zeroed should be its skip path "
-                         f"({'x itself' if in_ch == out_ch else 'the 1x1 conv of x'}): off by {gap:.3g} at {i}; "
-                         "the residual is skip(x) + h")
+    path = 'x itself' if in_ch == out_ch else 'the 1x1 conv of x'
+    assert gap <= 1e-6, (f"ResBlock({in_ch} -> {out_ch}) with its last conv zeroed should be its "
+                         f"skip path ({path}): off by {gap:.3g} at {i}; the residual is "
+                         "skip(x) + h")
 
 
 @pytest.mark.ex9
 def test_resblock_output_depends_on_the_embedding_through_its_time_layer():
     block = random_block(8, 16)
-    x = torch.randn(1, 8, 5, 5).expand(2, -1, -1, -1)                         # one image, two embeddings
+    x = torch.randn(1, 8, 5, 5).expand(2, -1, -1, -1)                   # one image, two embeddings
     emb = torch.randn(2, 12)
     with torch.no_grad():
         out = block(x, emb)
         assert not torch.allclose(out[0], out[1], atol=1e-4), (
-            "ResBlock: one image with two different time embeddings gave the same output; add the time layer's "
-            "projection of emb between the two convolutions")
+            "ResBlock: one image with two different time embeddings gave the same output; add the "
+            "time layer's projection of emb between the two convolutions")
         block.time.weight.zero_()
         block.time.bias.zero_()
         out = block(x, emb)
     assert torch.allclose(out[0], out[1], atol=1e-6), (
-        "ResBlock: with block.time zeroed, two embeddings still change the output; emb should enter only "
-        "through self.time")
+        "ResBlock: with block.time zeroed, two embeddings still change the output; emb should "
+        "enter only through self.time")
 
 
 @pytest.mark.ex9
 def test_resblock_follows_its_docstring_layer_by_layer():
-    """Against the reference's output for the same weights and inputs (stored): any layer left out, swapped or
-    added changes it."""
+    """Against the reference's output for the same weights and inputs (stored): any layer left out,
+    swapped or added changes it."""
     block, x, emb = resblock_case()
     with torch.no_grad():
         out = block(x, emb)
-        assert out.shape == (2, 16, 3, 3), f"ResBlock(8 -> 16) returned shape {tuple(out.shape)}; expected (2, 16, 3, 3)"
+        assert out.shape == (2, 16, 3, 3), (f"ResBlock(8 -> 16) returned shape {tuple(out.shape)}; "
+                                            "expected (2, 16, 3, 3)")
         gap, i = largest_gap(out, REFERENCE["resblock"])
-        assert gap <= 1e-4, (f"ResBlock output {out[i].item():.5f} at {i}, expected {torch.tensor(REFERENCE['resblock'])[i]:.5f} "
-                             f"(stored; off by up to {gap:.3g}): check the order of the docstring, GroupNorm, SiLU, "
-                             "3x3 conv, + time, GroupNorm, SiLU, dropout, 3x3 conv, plus the skip path")
+        expected = torch.tensor(REFERENCE['resblock'])[i]
+        assert gap <= 1e-4, (f"ResBlock output {out[i].item():.5f} at {i}, expected {expected:.5f} "
+                             f"(stored; off by up to {gap:.3g}): check the order of the "
+                             "docstring, GroupNorm, SiLU, 3x3 conv, + time, GroupNorm, SiLU, "
+                             "dropout, 3x3 conv, plus the skip path")
         block.train()
-        assert not torch.allclose(block(x, emb), block(x, emb)), "ResBlock in train mode gave the same output twice: " \
-                                                                "apply self.dropout (train mode: dropout is on)"
+        assert not torch.allclose(block(x, emb), block(x, emb)), (
+            "ResBlock in train mode gave the same output twice: apply self.dropout (train mode: "
+            "dropout is on)")
 
 
-# --- the whole network --------------------------------------------------------------------------------
+# --- the whole network ----------------------------------------------------------------------------
 
 
 def stand_in_embedding(t, dim):
-    """Stands in for exercise 8's timestep_embedding in exercise 9's tests of the whole net: (t / 1000)^k for
-    k = 1..dim, not the sinusoids, but a different vector for every t, which is all the net needs here."""
+    """Stands in for exercise 8's timestep_embedding in exercise 9's tests of the whole net:
+    (t / 1000)^k for k = 1..dim, not the sinusoids, but a different vector for every t, which is all
+    the net needs here."""
     return (t.float()[:, None] / 1000) ** torch.arange(1, dim + 1, device=t.device)
 
 
 def stand_in_resblock(self, x, emb):
-    """Stands in for exercise 9's ResBlock.forward in exercise 8's tests of the whole net: the skip path plus
-    the mean of emb, not the docstring's block, but one through which t reaches the output."""
+    """Stands in for exercise 9's ResBlock.forward in exercise 8's tests of the whole net: the skip
+    path plus the mean of emb, not the docstring's block, but one through which t reaches the
+    output."""
     return self.skip(x) + emb.mean(1).view(-1, 1, 1, 1)
 
 
@@ -202,20 +215,23 @@ def test_output_shape_equals_input_shape(size, channels, batch, monkeypatch):
     model = make(image_size=size, in_channels=channels)
     x = torch.randn(batch, channels, size, size)
     with torch.no_grad():
-        eps = model(x, torch.randint(0, 1000, (batch,)))
-    assert eps.shape == x.shape and eps.dtype == x.dtype, (
-        f"the U-Net (with your ResBlock) maps x {tuple(x.shape)} {x.dtype} to {tuple(eps.shape)} {eps.dtype}; "
-        "expected the same shape and dtype")
+        eps_hat = model(x, torch.randint(0, 1000, (batch,)))
+    assert eps_hat.shape == x.shape and eps_hat.dtype == x.dtype, (
+        f"the U-Net (with your ResBlock) maps x {tuple(x.shape)} {x.dtype} to "
+        f"{tuple(eps_hat.shape)} {eps_hat.dtype}; expected the same shape and dtype")
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_build_for_mnist_and_cifar_shapes(preset):
-    # The training script overrides image_size / in_channels / num_classes on a preset; all must work.
+    # The training script overrides image_size / in_channels / num_classes on a preset; all must
+    # work.
     for size, channels in [(28, 1), (32, 3)]:
         cfg = dict(PRESETS[preset], image_size=size, in_channels=channels, num_classes=10)
         model = UNet(**cfg)
-        assert UNet(**json.loads(json.dumps(model.config))).config == model.config   # as a checkpoint stores it
-        if preset == "cpu":                      # the gpu preset is too slow to run here; building it suffices
+        # as a checkpoint stores it
+        assert UNet(**json.loads(json.dumps(model.config))).config == model.config
+        # the gpu preset is too slow to run here; building it suffices
+        if preset == "cpu":
             x = torch.randn(2, channels, size, size)
             with torch.no_grad():
                 assert model(x, torch.tensor([0, 999]), torch.tensor([3, 10])).shape == x.shape
@@ -239,27 +255,28 @@ def test_different_t_gives_different_output(monkeypatch):
     x = torch.randn(1, 1, 16, 16).expand(4, -1, -1, -1)   # one image, four timesteps
     t = [0, 1, 500, 999]
     with torch.no_grad():
-        eps = model(x, torch.tensor(t))
+        eps_hat = model(x, torch.tensor(t))
     for i in range(4):
         for j in range(i + 1, 4):
-            assert not torch.allclose(eps[i], eps[j], atol=1e-6), (
-                f"the U-Net (with your timestep embedding) gives the same output at t = {t[i]} and t = {t[j]}; "
-                "the embedding should differ")
+            assert not torch.allclose(eps_hat[i], eps_hat[j], atol=1e-6), (
+                f"the U-Net (with your timestep embedding) gives the same output at t = {t[i]} and "
+                f"t = {t[j]}; the embedding should differ")
 
 
 def test_labels_change_output_and_null_label_is_the_default():
     model = make(num_classes=10)
-    x = torch.randn(1, 1, 16, 16).expand(11, -1, -1, -1)  # one image, labels 0..9 and the null label 10
+    # one image, labels 0..9 and the null label 10
+    x = torch.randn(1, 1, 16, 16).expand(11, -1, -1, -1)
     t = torch.full((11,), 300)
     with torch.no_grad():
-        eps = model(x, t, torch.arange(11))
-        eps_none = model(x, t)                              # y=None means the null label
-        eps_null = model(x, t, torch.full((11,), 10))
+        eps_hat = model(x, t, torch.arange(11))
+        eps_hat_none = model(x, t)                          # y=None means the null label
+        eps_hat_null = model(x, t, torch.full((11,), 10))
     for i in range(11):
         for j in range(i + 1, 11):
-            assert not torch.allclose(eps[i], eps[j], atol=1e-6), (i, j)
-    assert torch.equal(eps_none, eps_null)
-    assert torch.allclose(eps_null, eps[10:].expand(11, -1, -1, -1), atol=1e-6)
+            assert not torch.allclose(eps_hat[i], eps_hat[j], atol=1e-6), (i, j)
+    assert torch.equal(eps_hat_none, eps_hat_null)
+    assert torch.allclose(eps_hat_null, eps_hat[10:].expand(11, -1, -1, -1), atol=1e-6)
 
 
 @pytest.mark.ex9
@@ -270,7 +287,8 @@ def test_gradients_reach_every_parameter(monkeypatch):
     model(x, torch.randint(0, 1000, (4,)), torch.tensor([0, 1, 2, 10])).pow(2).mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, (
-            f"no gradient reaches {name}: every layer of ResBlock.__init__ should take part in forward")
+            f"no gradient reaches {name}: every layer of ResBlock.__init__ should take part in "
+            "forward")
 
 
 def test_same_seed_same_weights_different_seed_different_weights():
@@ -283,8 +301,8 @@ def test_same_seed_same_weights_different_seed_different_weights():
 
 
 def test_a_few_dozen_steps_drive_the_denoising_loss_down():
-    # Predict the noise added to a fixed tiny batch (eight "ones", more noise at larger t): the net must
-    # fit it quickly.
+    # Predict the noise added to a fixed tiny batch (eight "ones", more noise at larger t): the net
+    # must fit it quickly.
     torch.manual_seed(0)
     model = UNet(**TINY)
     x0 = torch.zeros(8, 1, 16, 16)
@@ -300,7 +318,8 @@ def test_a_few_dozen_steps_drive_the_denoising_loss_down():
         loss.backward()
         opt.step()
         trace.append(loss.item())
-    assert trace[0] == pytest.approx(eps.pow(2).mean().item())   # zero init: the first loss is E[eps^2]
+    # zero init: the first loss is E[eps^2]
+    assert trace[0] == pytest.approx(eps.pow(2).mean().item())
     assert trace[-1] < 0.25 * trace[0], trace
 
 
@@ -331,7 +350,8 @@ def test_bad_labels_raise_value_error(y, words):
 
 def test_bad_shapes_and_labels_on_unconditional_model_raise_value_error():
     model = make()
-    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 16, 16\), got \(2, 1, 28, 28\)"):
+    shape_error = r"x must have shape \(B, 1, 16, 16\), got \(2, 1, 28, 28\)"
+    with pytest.raises(ValueError, match=shape_error):
         model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"t must have shape \(B,\)"):
         model(torch.randn(2, 1, 16, 16), torch.tensor([1]))
