@@ -163,6 +163,39 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# --- threads ----------------------------------------------------------------------------------
+
+def idle_cores(seconds=0.25):
+    """How many of the machine's cores sat idle over a short look, from Linux's /proc/stat (the
+    first line sums every core: idle and iowait time against all time). None where there is no
+    /proc/stat (macOS, Windows)."""
+    def times():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)
+    try:
+        idle0, total0 = times()
+        time.sleep(seconds)
+        idle1, total1 = times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def pick_threads():
+    """Set torch's thread count to the idle cores (at least one, at most torch's own default), and
+    return it. Torch's threads wait for each other at every layer, so one thread on a core that
+    another job is using holds all of them up: beside one busy core, two threads trained at half
+    the speed of one (BENCHMARKS.md). OMP_NUM_THREADS, if set, decides instead."""
+    import torch  # here: this file is imported by the grading plugin, which needs no torch
+    if "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1:
+        return torch.get_num_threads()  # nothing to decide
+    idle = idle_cores()
+    if idle is not None:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), math.floor(idle + 0.5))))
+    return torch.get_num_threads()
+
+
 # --- the progress line, and how a script ends ------------------------------------------------
 
 _line_open = False  # is a progress line on stderr waiting for its newline?

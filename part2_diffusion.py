@@ -31,8 +31,8 @@ import data
 import metrics
 import plots
 from outputs import (DiskFull, HelpFormatter, Progress, UserError, arg_parser, atomic_write,
-                     check_writable, end_progress, finite_float, remove_orphans, run_main,
-                     save_json)
+                     check_writable, end_progress, finite_float, pick_threads, remove_orphans,
+                     run_main, save_json)
 from runs import (build_model, check_resumable, check_schedule, claim_run_folder, clear_old_run,
                   load_checkpoint, save_checkpoint, unclaim)
 from schedule import MAX_T, SCHEDULES, Schedule, classifier_free_guidance
@@ -53,8 +53,8 @@ STEPS = 20000         # on a CPU, --minutes stops training first; on a GPU, this
 MINUTES = 10.0        # the time box of training; sampling comes after (see BENCHMARKS.md)
 SAMPLER = "ddpm"
 N_SAMPLES = 64
-NUM_CLASSES = 10          # MNIST's digits, CIFAR-10's classes
-NULL_LABEL = NUM_CLASSES  # the label that means "no label": classifier-free guidance's extra row
+NUM_CLASSES = data.NUM_CLASSES  # MNIST's digits, CIFAR-10's classes
+NULL_LABEL = NUM_CLASSES        # the label "no label": classifier-free guidance's extra row
 
 
 def get_args(argv=None):
@@ -561,6 +561,8 @@ def run(args):
     outputs.settings(get_args, **flags) for args."""
     check_args(args)
     device = pick_device(args.device)
+    if device.type == "cpu":
+        pick_threads()  # one per idle core: see outputs.pick_threads
     try:
         if args.sample_from:
             return sample_from(args, device)
@@ -593,7 +595,7 @@ def train_then_sample(args, device):
         remove_orphans(out)  # what a killed run left half-written
     else:
         out, made = claim_run_folder(args)
-    print(f"run folder: {out}", file=sys.stderr)
+    print(f"run folder: {out}; {torch.get_num_threads()} torch threads", file=sys.stderr)
     try:
         result = train(args, out, device, ckpt, overwrite=out not in made and not args.resume)
     except BaseException:
