@@ -159,3 +159,23 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(mnist_dir, tmp_path):
     assert "interrupted" in err
     ckpt = weights(tmp_path / "runs" / "c")
     assert 0 < ckpt["step"] < 100000
+
+
+def test_threads_follow_the_idle_cores_and_never_exceed_torch_default(monkeypatch):
+    """pick_threads: one thread per idle core, at least one, never more than torch had;
+    OMP_NUM_THREADS, when set, is left to decide."""
+    import outputs
+    idle = outputs.idle_cores(0.05)
+    assert idle is None or 0 <= idle <= (os.cpu_count() or 1) + 1e-9
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        for cores_idle, expected in [(0.0, 1), (0.6, 1), (1.6, 2), (7.0, 2)]:
+            torch.set_num_threads(2)
+            monkeypatch.setattr(outputs, "idle_cores", lambda *_, v=cores_idle: v)
+            assert outputs.pick_threads() == expected == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        monkeypatch.setattr(outputs, "idle_cores", lambda *_: 0.0)
+        torch.set_num_threads(2)
+        assert outputs.pick_threads() == 2  # no core is idle, but the variable decides
+    finally:
+        torch.set_num_threads(1)  # the suite's one thread (conftest.py)
