@@ -4,6 +4,8 @@
     python bench.py unet      # the U-Net's training and inference throughput (and diffusers', if installed)
     python bench.py train     # Part 2: training speed, sampling time, sample quality (and diffusers')
     python bench.py reference # Part 2: make reference/checkpoint.pt (3000 steps, seed 0) and measure it
+    python bench.py samplers  # Part 2: FID against network evaluations, each sampler, one checkpoint
+    python bench.py targets   # Part 2: the default command's time and FID (issue targets)
     python bench.py autoencoder # Part 3's autoencoder: reconstruction error, FID of reconstructions
 
 Run them on a quiet machine: other work on the same cores changes every timing.
@@ -421,6 +423,121 @@ def bench_reference(argv):
         print(f"{what:28s} {value}")
 
 
+# --- samplers ---------------------------------------------------------------------------------------
+
+def bench_samplers(argv):
+    """FID against network evaluations for each sampler, on one checkpoint.
+
+    For every --samplers name and every --nfe K, draws --n images from the checkpoint in RUN_DIR
+    (default: the reference checkpoint) with part2_diffusion.py's --sampler NAME --sampling-steps K,
+    seed 0, and scores them with metrics.py (FID at N = --n against the 10,000 MNIST test digits).
+    "ddpm" with K < T is Algorithm 2 on K respaced steps; K = T is Algorithm 2 itself. Prints a table
+    of FID, precision, recall, KL from uniform, mean confidence, the share of samples the classifier
+    reads with confidence above 0.9, and the time to draw 64 and --n images.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    import metrics
+    import part2_diffusion
+
+    p = arg_parser(prog="bench.py samplers", description=bench_samplers.__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="reference", help="run folder with the checkpoint")
+    p.add_argument("--samplers", nargs="+", default=["ddpm", "ddim", "dpm-solver"])
+    p.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100, 250],
+                   help="network evaluations (sampling steps) per image")
+    p.add_argument("--n", type=int, default=1000, help="images per measurement")
+    p.add_argument("--data-dir", default="data", help="folder with MNIST and its classifier")
+    args = p.parse_args(argv)
+    classifier, _ = metrics.load_or_train_classifier(args.data_dir)
+    print(f"checkpoint: {args.run}; torch threads: {torch.get_num_threads()}; N = {args.n}")
+    head = (f"{'sampler':>11} {'NFE':>5} {'FID':>7} {'prec.':>6} {'recall':>6} {'KL(U)':>6} "
+            f"{'conf.':>6} {'>0.9':>5} {'64 img':>7} {f'{args.n} img':>8}")
+    print(head + "\n" + "-" * len(head), flush=True)
+    for name in args.samplers:
+        for k in args.nfe:
+            flags = dict(sample_from=args.run, sampler=name, sampling_steps=k, seed=0,
+                         data_dir=args.data_dir)
+            small = part2_diffusion.run(settings(part2_diffusion.get_args, n=64, **flags))
+            drawn = settings(part2_diffusion.get_args, n=args.n, **flags)
+            big = part2_diffusion.run(drawn)
+            folder = Path(args.run) / "samples" / part2_diffusion.sample_folder_name(drawn)
+            samples = np.load(folder / "samples.npy")
+            sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9)
+            m = big["metrics"]
+            print(f"{name:>11} {k:5d} {m['fid']:7.2f} {m['precision']:6.3f} {m['recall']:6.3f} "
+                  f"{m['kl_uniform']:6.3f} {m['confidence']:6.3f} {sure.mean():5.3f} "
+                  f"{small['sampling_seconds']:6.1f}s {big['sampling_seconds']:7.1f}s", flush=True)
+
+
+# --- targets ----------------------------------------------------------------------------------------
+
+def bench_targets(argv):
+    """Part 2's targets, from the default command: the whole run's time, and its samples' quality.
+
+    Runs `python part2_diffusion.py` with its defaults (train for --minutes, draw 64 images with the
+    default sampler, figures) in a fresh folder and times all of it; then draws --n images from that
+    run with the default sampler and scores them with metrics.py. --set NAME=VALUE changes one of
+    part2_diffusion.py's constants for the run (LR_DECAY=True, EMA_DECAY=0.9995, ...), for A/B tests.
+    """
+    import ast
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    import metrics
+    import part2_diffusion
+
+    p = arg_parser(prog="bench.py targets", description=bench_targets.__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES)
+    p.add_argument("--n", type=int, default=1000, help="images to score")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="part2_diffusion.py constants to change for this run")
+    p.add_argument("--data-dir", default="data", help="folder with MNIST and its classifier")
+    args = p.parse_args(argv)
+    for item in args.set:
+        name, value = item.split("=", 1)
+        if not hasattr(part2_diffusion, name):
+            raise SystemExit(f"part2_diffusion.py has no constant {name}")
+        setattr(part2_diffusion, name, ast.literal_eval(value))
+    classifier, _ = metrics.load_or_train_classifier(args.data_dir)
+    runs = Path(tempfile.mkdtemp(prefix="bench-targets-"))
+    start = time.time()
+    first = part2_diffusion.run(settings(part2_diffusion.get_args, data_dir=args.data_dir,
+                                         runs=str(runs), name="run", minutes=args.minutes,
+                                         seed=args.seed))
+    whole = time.time() - start
+    threads = torch.get_num_threads()
+    drawn = settings(part2_diffusion.get_args, data_dir=args.data_dir,
+                     sample_from=str(runs / "run"), n=args.n, seed=args.seed)
+    big = part2_diffusion.run(drawn)
+    folder = runs / "run" / "samples" / part2_diffusion.sample_folder_name(drawn)
+    samples = np.load(folder / "samples.npy")
+    sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
+    m = big["metrics"]
+    print(f"\ndefault command, {args.minutes:g} min, seed {args.seed}, {threads} torch threads, "
+          f"changed: {' '.join(args.set) or 'nothing'}; run in {runs / 'run'}")
+    for what, value in [
+            ("training steps", first["steps"]),
+            ("whole run (training, 64 images, figures)", f"{whole / 60:.1f} min"),
+            (f"64 images, {first['sampler']}-{first['sampling_steps']}",
+             f"{first['sampling_seconds']:.1f} s"),
+            (f"FID (N = {args.n})", f"{m['fid']:.2f}"),
+            ("precision, recall", f"{m['precision']:.3f}, {m['recall']:.3f}"),
+            ("share with confidence > 0.9", f"{sure:.3f}"),
+            ("classes present, KL from uniform", f"{m['classes_present']}/10, "
+                                                 f"{m['kl_uniform']:.3f}")]:
+        print(f"  {what:42s} {value}")
+
+
 # --- autoencoder -------------------------------------------------------------------------------------
 
 def bench_autoencoder(argv):
@@ -455,6 +572,7 @@ def bench_autoencoder(argv):
 
 
 BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "reference": bench_reference,
+           "samplers": bench_samplers, "targets": bench_targets,
            "autoencoder": bench_autoencoder}
 
 

@@ -231,6 +231,12 @@ class Progress:
     def out_of_time(self):
         return self.limit is not None and time.time() - self.start >= self.limit
 
+    def used(self):
+        """The fraction of the budget spent: steps done of `total`, or time of the limit,
+        whichever is further along."""
+        by_time = 0.0 if self.limit is None else (time.time() - self.start) / self.limit
+        return max(self.done / self.total, by_time)
+
     def tick(self, note=""):
         """One more step done; `note` (the loss, say) is shown beside the count."""
         self.done += 1

@@ -46,6 +46,7 @@ PRESET = "cpu"
 BATCH_SIZE = 64
 LR = 2e-3
 WARMUP = 100          # steps of linear learning-rate warm-up: Adam's first steps are noisy
+LR_DECAY = False      # then a cosine decay to 0 at the end of the budget (see learning_rate)
 EMA_DECAY = 0.999
 P_UNCOND = 0.1        # with --conditional: how often a label is dropped in training
 GRAD_CLIP = 1.0
@@ -315,7 +316,7 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
             x0, y = draw_batch(images, labels, meta)        # x0 ~ q(x0), with its label
             loss = training_loss(model, sched, x0, y)        # t, eps and the loss: lines 3-5
             saver.check(loss, step + 1)
-            gradient_step(model, opt, loss, lr=learning_rate(step, meta["lr"]))
+            gradient_step(model, opt, loss, lr=learning_rate(step, meta["lr"], meter.used()))
             step += 1
             update_ema(ema, model, step, meta["ema_decay"])
             history.append(loss.item())
@@ -339,9 +340,15 @@ def draw_batch(images, labels, meta):
     return images[idx], labels[idx].masked_fill(dropped, NULL_LABEL)
 
 
-def learning_rate(step, peak):
-    """Linear warm-up over WARMUP steps, then constant: Adam's first steps are noisy."""
-    return peak * min(1.0, (step + 1) / WARMUP)
+def learning_rate(step, peak, used):
+    """Linear warm-up over WARMUP steps (Adam's first steps are noisy), then constant or, with
+    LR_DECAY, a cosine decay to 0 at the end of the budget: `used` is the fraction of it spent,
+    by steps or by minutes, whichever is further along (training is time-boxed)."""
+    if step < WARMUP:
+        return peak * (step + 1) / WARMUP
+    if not LR_DECAY:
+        return peak
+    return peak * 0.5 * (1 + math.cos(math.pi * min(used, 1.0)))
 
 
 def gradient_step(model, opt, loss, lr):
@@ -382,7 +389,8 @@ def start_run_folder(run_dir, args, meta, sched, images, overwrite):
     if overwrite:
         clear_old_run(run_dir)
     save_json(run_dir / "config.json", dict(meta, steps=args.steps, minutes=args.minutes,
-                                            warmup=WARMUP, grad_clip=GRAD_CLIP))
+                                            warmup=WARMUP, lr_decay=LR_DECAY,
+                                            grad_clip=GRAD_CLIP))
     plots.forward_noising(sched, images[:4], run_dir / "forward.png")
 
 

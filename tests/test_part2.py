@@ -179,3 +179,16 @@ def test_threads_follow_the_idle_cores_and_never_exceed_torch_default(monkeypatc
         assert outputs.pick_threads() == 2  # no core is idle, but the variable decides
     finally:
         torch.set_num_threads(1)  # the suite's one thread (conftest.py)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_at_the_end_of_the_budget(monkeypatch):
+    lr = part2_diffusion.learning_rate
+    W = part2_diffusion.WARMUP
+    assert lr(0, 1.0, 0.0) == 1 / W and lr(W - 1, 1.0, 0.0) == 1.0  # linear warm-up
+    monkeypatch.setattr(part2_diffusion, "LR_DECAY", False)
+    assert lr(W, 2.0, 0.9) == 2.0  # constant after the warm-up
+    monkeypatch.setattr(part2_diffusion, "LR_DECAY", True)
+    rates = [lr(W, 2.0, u) for u in np.linspace(0, 1, 11)]
+    assert rates[0] == 2.0 and abs(rates[5] - 1.0) < 1e-12 and abs(rates[-1]) < 1e-12
+    assert all(a > b for a, b in zip(rates, rates[1:]))  # it only ever goes down
+    assert lr(W, 2.0, 1.5) == rates[-1]  # a budget overrun keeps it at 0
