@@ -155,8 +155,8 @@ PLANTS = {
         ("schedule.py", "return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0",
          "return (self.sqrt_alphas_cumprod[t].view(-1, *[1] * (x0.dim() - 1)) * x0"),  # float64 for float32
         ("schedule.py", "var = eta ** 2 * (1", "var = eta * (1"),  # eta where Eq. 16 has eta^2
-        ("schedule.py", "mean = self._at(self.posterior_mean_coef1, t, x_t) * x0",
-         "mean = self._at(self.posterior_mean_coef2, t, x_t) * x0")]),
+        ("schedule.py", "mean = (self._at(self.posterior_mean_coef1, t, x_t) * x0",
+         "mean = (self._at(self.posterior_mean_coef2, t, x_t) * x0")]),
     # The student's code stops the run while a test of exercise 8 runs: SIGTERM (as `timeout` sends), Ctrl-C.
     **{name: ([1, 8, 9], [], [("unet.py", "    half = dim // 2\n",
                                f"    import os, signal\n    os.kill(os.getpid(), signal.{sig})\n"
@@ -295,7 +295,7 @@ def test_the_mistakes_once_missed_are_caught_in_their_own_exercise(results):
     assert list(failed[4]) == ["test_keeps_dtype_and_device"] and "q_sample returned its x_t as torch.float64 " \
         "on cpu for torch.float32 input" in failed[4]["test_keeps_dtype_and_device"]
     assert list(failed[5]) == ["test_posterior_is_bayes_rule"]
-    assert "[minimal example: test_posterior_is_bayes_rule(s=Schedule(" in failed[5][
+    assert "[minimal example: test_posterior_is_bayes_rule(sched=Schedule(" in failed[5][
         "test_posterior_is_bayes_rule"]
     assert list(failed[6]) == ["test_ddpm_samples_gaussian_data"]
     assert "it also runs exercise 5, which fails its own tests" in table[6]["status"]
@@ -356,7 +356,7 @@ FORMULAS = {
     6: [r"-\w+/\(1-\w+\)\.sqrt\(\)\*", r"-\w+/(torch\.|math\.)?sqrt\(1-\w+\)\*", r"\(t>0\).{0,40}sqrt\(\)\*z",
         r"\w+\*\w+\.sqrt\(\)\*z(?!\w)"],
     7: [r"eta\*\*2\*\(1-\w+\)/\(1-\w+\)", r"sqrt\(\)\*x0\w*\+\(1-\w+-\w+\)(\.clamp\([^)]*\))?\.sqrt\(\)\*eps",
-        r"\(x_t-\w+\.sqrt\(\)\*x0\)/\(1-\w+\)\.sqrt\(\)"],
+        r"\(x_t-\w+\.sqrt\(\)\*x0\w*\)/\(1-\w+\)\.sqrt\(\)"],
     8: [r"10000(\.0)?\*\*\(?-", r"log\(10000", r"cat\(\[(torch\.)?\w*\.?sin\(\w*\),(torch\.)?\w*\.?cos\("],
     9: [r"conv1\(F\.silu\(self\.norm1\(", r"silu\(F\.group_norm\(", r"self\.time\(F\.silu\(emb\)\)"],
     10: [r"mse_loss\(\w+\(x_t,t,y\),eps\)", r"\(\w+\(x_t,t,y\)-eps\)(\*\*2|\.pow\(2\))"],

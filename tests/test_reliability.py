@@ -21,7 +21,7 @@ import gan_baseline
 import metrics
 import outputs
 import part2_diffusion
-import schedule
+import plots
 import unet
 from conftest import write_idx
 from outputs import UserError
@@ -335,13 +335,16 @@ def test_a_classifier_file_holding_a_list_is_refused(tmp_path):
     (["--out", "{tmp}/figure"], ".png"),
     (["--out", "{tmp}/figure.txt"], ".png"),
     (["--out", "{tmp}/ok.png", "--T", "100000000"], "--T"),
-    (["--out", "{tmp}/ok.png", "--mnist-dir", "{tmp}"], "cannot be read"),
+    (["--out", "{tmp}/ok.png", "--data-dir", "{tmp}"], "cannot be read"),
 ])
-def test_schedule_py_refuses_bad_input_in_one_line(argv, words, tmp_path):
-    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")  # a corrupt file
+def test_plots_py_schedules_refuses_bad_input_in_one_line(argv, words, tmp_path):
+    # a corrupt file: gzip's magic bytes, then no gzip at all
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not gzip at all")
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(1, np.uint8), 2049)  # and its labels
     with pytest.raises(UserError, match=words):
-        schedule.main(["--T", "10"] + [a.format(tmp=tmp_path) for a in argv])
-    assert [p.name for p in tmp_path.iterdir()] == ["train-images-idx3-ubyte.gz"]  # nothing written
+        plots.main(["schedules", "--T", "10"] + [a.format(tmp=tmp_path) for a in argv])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # nothing written
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
 
 
 # --- 10. messages ---------------------------------------------------------------------------------
@@ -369,7 +372,7 @@ def test_the_error_names_the_last_good_checkpoint_when_there_is_one(copy, mnist_
     (unet.main, ["--preset", "huge"]),
     (metrics.main, ["--no-such-flag"]),
     (metrics.main, []),  # neither SAMPLES nor --calibrate
-    (schedule.main, ["--T", "ten"]),
+    (plots.main, ["schedules", "--T", "ten"]),
     (gan_baseline.main, ["--steps", "many"]),
 ])
 def test_every_script_says_a_bad_flag_in_one_line(main, argv, capsys):

@@ -1,16 +1,18 @@
-"""Tests that prove schedule.py's math: the tables, the forward process, and both samplers end to end.
+"""Tests that prove schedule.py's math: the tables, the forward process, and both samplers end to
+end.
 
-Statistical checks derive their tolerance from the sample size: a sample mean of N draws with standard
-deviation sd is off by sd / sqrt(N) on average, a sample std by sd / sqrt(2 (N - 1)); we allow Z of those,
-with Z chosen so that a correct implementation fails one comparison with probability 1e-6.
+Statistical checks derive their tolerance from the sample size: a sample mean of N draws with
+standard deviation sd is off by sd / sqrt(N) on average, a sample std by sd / sqrt(2 (N - 1)); we
+allow Z of those, with Z chosen so that a correct implementation fails one comparison with
+probability 1e-6.
 
-@pytest.mark.exN grades a test as part of exercise N of the student edition (make_assignment.py); its
-`depends` lists the other exercises whose code the test also runs. Unmarked tests check code students are
-given. Each exercise is graded on its own wherever that can be done without giving another away: the
-tests of exercises 4-7 build their schedules from explicit betas (`stand_in`), not with exercise 3's
-make_betas, and exercise 6's replace exercise 5's posterior by a made-up one (`with_stand_in_posterior`).
-Where a result has no closed form, the test compares with numbers stored in tests/reference_values.json,
-which the reference solution computed once.
+@pytest.mark.exN grades a test as part of exercise N of the student edition (make_assignment.py);
+its `depends` lists the other exercises whose code the test also runs. Unmarked tests check code
+students are given. Each exercise is graded on its own wherever that can be done without giving
+another away: the tests of exercises 4-7 build their schedules from explicit betas (`stand_in`),
+not with exercise 3's make_betas, and exercise 6's replace exercise 5's posterior by a made-up one
+(`with_stand_in_posterior`). Where a result has no closed form, the test compares with numbers
+stored in tests/reference_values.json, which the reference solution computed once.
 """
 import json
 import math
@@ -32,17 +34,20 @@ REFERENCE = json.loads((Path(__file__).parent / "reference_values.json").read_te
 
 
 def close(actual, expected, what, rtol=1e-7, atol=1e-7, index="index"):
-    """Assert |actual - expected| <= atol + rtol |expected| everywhere (torch.testing.assert_close is far slower
-    on long tensors). The message says `what` differs, where (`index` names the first dimension) and by how much."""
+    """Assert |actual - expected| <= atol + rtol |expected| everywhere (torch.testing.assert_close
+    is far slower on long tensors). The message says `what` differs, where (`index` names the first
+    dimension) and by how much."""
     expected = torch.as_tensor(expected, dtype=actual.dtype)
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
     ok = (actual - expected).abs() <= atol + rtol * expected.abs()  # False for NaN too
     if not ok.all():
         i = tuple(int(k) for k in (~ok).nonzero()[0])
         where = f"{index} = {i[0]}" + (f", position {i[1:]}" if len(i) > 1 else "")
-        raise AssertionError(f"{what}: {actual[i].item():.10g} at {where}, expected {expected[i].item():.10g} "
-                             f"(largest difference {(actual - expected).abs().max().item():.3g}, allowed "
-                             f"{atol:.1g} + {rtol:.1g} x |expected|)")
+        raise AssertionError(
+            f"{what}: {actual[i].item():.10g} at {where}, expected {expected[i].item():.10g} "
+            f"(largest difference {(actual - expected).abs().max().item():.3g}, allowed "
+            f"{atol:.1g} + {rtol:.1g} x |expected|)")
 
 
 def first_false(ok):
@@ -51,60 +56,71 @@ def first_false(ok):
     return i[0] if len(i) == 1 else i
 
 
-# --- schedules that do not run exercise 3 -----------------------------------------------------------------
+# --- schedules that do not run exercise 3 ---------------------------------------------------------
 
 def stand_in(T, L=10.0, power=1):
-    """A schedule built from explicit betas, without exercise 3's make_betas, so that a mistake there costs no
-    points in exercises 4-7. alpha_bar falls from about 1 to e^-L (4.5e-5 for L = 10, near the linear
-    schedule's 4e-5), spread over t as t^power: 0 spreads it evenly, 1 rises like `linear`, 3 holds back to
-    the end like `cosine`. Betas are clamped into [1e-5, 0.999], as the real schedules cap theirs."""
+    """A schedule built from explicit betas, without exercise 3's make_betas, so that a mistake
+    there costs no points in exercises 4-7. alpha_bar falls from about 1 to e^-L (4.5e-5 for
+    L = 10, near the linear schedule's 4e-5), spread over t as t^power: 0 spreads it evenly, 1 rises
+    like `linear`, 3 holds back to the end like `cosine`. Betas are clamped into [1e-5, 0.999], as
+    the real schedules cap theirs."""
     w = torch.arange(1, T + 1, dtype=torch.float64) ** power
-    return Schedule.from_betas((1 - torch.exp(-L * w / w.sum())).clamp(1e-5, 0.999), f"stand-in^{power}")
+    return Schedule.from_betas((1 - torch.exp(-L * w / w.sum())).clamp(1e-5, 0.999),
+                               f"stand-in^{power}")
 
 
 @st.composite
 def stand_ins(draw, max_T=2000):
-    """Stand-in schedules of any length up to max_T, any end point e^-L (L from 1 to 20) and any shape."""
-    return stand_in(draw(st.integers(1, max_T)), draw(st.floats(1, 20)), draw(st.sampled_from([0, 1, 3])))
+    """Stand-in schedules of any length up to max_T, any end point e^-L (L from 1 to 20) and any
+    shape."""
+    return stand_in(draw(st.integers(1, max_T)), draw(st.floats(1, 20)),
+                    draw(st.sampled_from([0, 1, 3])))
 
 
 SHAPES = [0, 1, 3]  # the stand-ins' powers, for the tests that run one of each
 
 
-# --- the schedules and their tables (exercise 3) ---------------------------------------------------------
+# --- the schedules and their tables (exercise 3) --------------------------------------------------
 
 @pytest.mark.ex3
 @FAST
 @given(name=schedules, T=st.integers(1, 2000))
 def test_tables_are_valid_for_any_T(name, T):
-    s = Schedule(name, T)
+    sched = Schedule(name, T)
     where = f"Schedule({name!r}, T={T})"
-    assert s.T == T and s.name == name, f"{where} has T = {s.T}, name {s.name!r}"
-    assert s.betas.dtype == torch.float64, f"make_betas({name!r}, {T}) returned {s.betas.dtype}; expected float64"
+    assert sched.T == T and sched.name == name, f"{where} has T = {sched.T}, name {sched.name!r}"
+    assert sched.betas.dtype == torch.float64, (
+        f"make_betas({name!r}, {T}) returned {sched.betas.dtype}; expected float64")
     for table in ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                  "sqrt_one_minus_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-                  "posterior_mean_coef1", "posterior_mean_coef2", "snr"):
-        value = getattr(s, table)
+                  "sqrt_one_minus_alphas_cumprod", "posterior_variance",
+                  "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+                  "snr"):
+        value = getattr(sched, table)
         assert value.shape == (T,) and value.dtype == torch.float64, (
             f"{where}.{table}: shape {tuple(value.shape)}, {value.dtype}; expected ({T},) float64")
-        assert torch.isfinite(value).all(), f"{where}.{table} is not finite at t = {first_false(torch.isfinite(value))}"
-    ab = s.alphas_cumprod
-    inside = (ab > 0) & (ab < 1)
-    assert inside.all(), f"{where}: alpha_bar_t = {ab[first_false(inside)]:.6g} at t = {first_false(inside)}; " \
-                         "expected it inside (0, 1)"
-    falls = ab[1:] < ab[:-1]
-    assert falls.all(), (f"{where}: alpha_bar must fall at every step, but alpha_bar at t = {first_false(falls) + 1} "
-                         f"is {ab[first_false(falls) + 1]:.6g}, not below {ab[first_false(falls)]:.6g}")
-    bounded = (s.posterior_variance >= 0) & (s.posterior_variance <= s.betas)
+        assert torch.isfinite(value).all(), (
+            f"{where}.{table} is not finite at t = {first_false(torch.isfinite(value))}")
+    alpha_bar = sched.alphas_cumprod
+    inside = (alpha_bar > 0) & (alpha_bar < 1)
+    assert inside.all(), (f"{where}: alpha_bar_t = {alpha_bar[first_false(inside)]:.6g} at "
+                          f"t = {first_false(inside)}; expected it inside (0, 1)")
+    falls = alpha_bar[1:] < alpha_bar[:-1]
+    assert falls.all(), (f"{where}: alpha_bar must fall at every step, but alpha_bar at "
+                         f"t = {first_false(falls) + 1} is "
+                         f"{alpha_bar[first_false(falls) + 1]:.6g}, not below "
+                         f"{alpha_bar[first_false(falls)]:.6g}")
+    bounded = (sched.posterior_variance >= 0) & (sched.posterior_variance <= sched.betas)
     assert bounded.all(), f"{where}: beta_tilde_t outside [0, beta_t] at t = {first_false(bounded)}"
-    assert s.posterior_variance[0] == 0, f"{where}: beta_tilde at t = 0 is {s.posterior_variance[0]}, expected 0"
-    close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0), f"{where}: alpha_bar_t against the product of "
-          "(1 - beta_s) for s <= t", rtol=1e-14, atol=0, index="t")
-    close(s.snr, ab / (1 - ab), f"{where}: SNR_t against alpha_bar_t / (1 - alpha_bar_t)", rtol=1e-14, atol=0,
-          index="t")
+    assert sched.posterior_variance[0] == 0, (
+        f"{where}: beta_tilde at t = 0 is {sched.posterior_variance[0]}, expected 0")
+    close(sched.alphas_cumprod, torch.cumprod(1 - sched.betas, 0), f"{where}: alpha_bar_t against "
+          "the product of (1 - beta_s) for s <= t", rtol=1e-14, atol=0, index="t")
+    close(sched.snr, alpha_bar / (1 - alpha_bar),
+          f"{where}: SNR_t against alpha_bar_t / (1 - alpha_bar_t)", rtol=1e-14, atol=0, index="t")
 
 
-# Reference numbers: Ho et al. 2020's ends at T = 1000, and the same scaled by 1000 / T (the docstring).
+# Reference numbers: Ho et al. 2020's ends at T = 1000, and the same scaled by 1000 / T (the
+# docstring).
 LINEAR_ENDS = {1000: (1e-4, 0.02), 500: (2e-4, 0.04), 50: (2e-3, 0.4)}
 
 
@@ -112,74 +128,83 @@ LINEAR_ENDS = {1000: (1e-4, 0.02), 500: (2e-4, 0.04), 50: (2e-3, 0.4)}
 @pytest.mark.parametrize("T", sorted(LINEAR_ENDS))
 def test_linear_schedule_ends(T):
     b, (first, last) = make_betas("linear", T), LINEAR_ENDS[T]
-    assert b.shape == (T,), f"make_betas('linear', {T}) has shape {tuple(b.shape)}; expected ({T},)"
+    assert b.shape == (T,), (
+        f"make_betas('linear', {T}) has shape {tuple(b.shape)}; expected ({T},)")
     assert b[0].item() == pytest.approx(first) and b[-1].item() == pytest.approx(last), (
-        f"linear, T = {T}: betas run from {b[0].item():.6g} to {b[-1].item():.6g}; expected {first:g} to {last:g} "
-        "(1e-4 to 0.02, times 1000 / T)")
+        f"linear, T = {T}: betas run from {b[0].item():.6g} to {b[-1].item():.6g}; expected "
+        f"{first:g} to {last:g} (1e-4 to 0.02, times 1000 / T)")
     steps = b.diff()
     assert torch.allclose(steps, steps.mean(), rtol=1e-9, atol=0), (
-        f"linear, T = {T}: betas must be evenly spaced; the steps range from {steps.min():.6g} to {steps.max():.6g}")
+        f"linear, T = {T}: betas must be evenly spaced; the steps range from {steps.min():.6g} to "
+        f"{steps.max():.6g}")
 
 
 @pytest.mark.ex3
 @pytest.mark.parametrize("T", sorted(LINEAR_ENDS))
 def test_quadratic_schedule_ends(T):
-    """Its ends are the linear schedule's for the same T (scaled by 1000 / T too); sqrt(beta) is evenly spaced."""
+    """Its ends are the linear schedule's for the same T (scaled by 1000 / T too); sqrt(beta) is
+    evenly spaced."""
     b, (first, last) = make_betas("quadratic", T), LINEAR_ENDS[T]
-    assert b.shape == (T,), f"make_betas('quadratic', {T}) has shape {tuple(b.shape)}; expected ({T},)"
+    assert b.shape == (T,), (
+        f"make_betas('quadratic', {T}) has shape {tuple(b.shape)}; expected ({T},)")
     assert b[0].item() == pytest.approx(first) and b[-1].item() == pytest.approx(last), (
-        f"quadratic, T = {T}: betas run from {b[0].item():.6g} to {b[-1].item():.6g}; expected {first:g} to "
-        f"{last:g}, the ends of the linear schedule for T = {T}")
+        f"quadratic, T = {T}: betas run from {b[0].item():.6g} to {b[-1].item():.6g}; expected "
+        f"{first:g} to {last:g}, the ends of the linear schedule for T = {T}")
     steps = b.sqrt().diff()
     assert torch.allclose(steps, steps.mean(), rtol=1e-9, atol=0), (
-        f"quadratic, T = {T}: sqrt(beta) must be evenly spaced; its steps range from {steps.min():.6g} to "
-        f"{steps.max():.6g}")
+        f"quadratic, T = {T}: sqrt(beta) must be evenly spaced; its steps range from "
+        f"{steps.min():.6g} to {steps.max():.6g}")
 
 
 @pytest.mark.ex3
 @pytest.mark.parametrize("T", sorted(REFERENCE["cosine_alpha_bar"], key=int))
 def test_cosine_schedule_matches_stored_alpha_bar(T):
-    """alpha_bar_t = f(t) / f(0) of Nichol & Dhariwal's Eq. 17, stored at a few t; the 0.999 cap bites only at
-    the last step."""
-    s, stored = Schedule("cosine", int(T)), REFERENCE["cosine_alpha_bar"][T]
+    """alpha_bar_t = f(t) / f(0) of Nichol & Dhariwal's Eq. 17, stored at a few t; the 0.999 cap
+    bites only at the last step."""
+    sched, stored = Schedule("cosine", int(T)), REFERENCE["cosine_alpha_bar"][T]
     t = torch.tensor([int(k) for k in stored])
-    close(s.alphas_cumprod[t], [stored[k] for k in stored], f"cosine, T = {T}: alpha_bar_t (Nichol & Dhariwal, "
-          f"Eq. 17, beta capped at 0.999) at t = {t.tolist()}", rtol=1e-10, atol=0, index="entry")
-    capped = (s.betas == 0.999).nonzero().flatten().tolist()
-    assert capped == [int(T) - 1], f"cosine, T = {T}: beta is capped at 0.999 at t = {capped}; expected only at " \
-                                   f"the last step, t = {int(T) - 1}"
+    close(sched.alphas_cumprod[t], [stored[k] for k in stored],
+          f"cosine, T = {T}: alpha_bar_t (Nichol & Dhariwal, Eq. 17, beta capped at 0.999) at "
+          f"t = {t.tolist()}", rtol=1e-10, atol=0, index="entry")
+    capped = (sched.betas == 0.999).nonzero().flatten().tolist()
+    assert capped == [int(T) - 1], (f"cosine, T = {T}: beta is capped at 0.999 at t = {capped}; "
+                                    f"expected only at the last step, t = {int(T) - 1}")
 
 
 def test_from_betas_matches_named_schedule():
     named = Schedule("cosine", 37)
     custom = Schedule.from_betas(named.betas.tolist())
     assert custom.T == 37 and custom.name == "custom"
-    for table in ("alphas_cumprod", "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2"):
+    for table in ("alphas_cumprod", "posterior_variance", "posterior_mean_coef1",
+                  "posterior_mean_coef2"):
         close(getattr(custom, table), getattr(named, table), table, rtol=0, atol=0)
 
 
-# --- the forward process (exercise 4) and the posterior (exercise 5) --------------------------------------
+# --- the forward process (exercise 4) and the posterior (exercise 5) ------------------------------
 
 @pytest.mark.ex4
 @settings(max_examples=15, deadline=None)
-@given(s=stand_ins(max_T=1000), data=st.data(), seed=st.integers(0, 2 ** 31))
-def test_q_sample_statistics(s, data, seed):
-    """Over many noise draws, x_t = q_sample(x_0, t, noise) has mean sqrt(alpha_bar_t) x_0 and variance
-    1 - alpha_bar_t (Eq. 4). Each row of the batch is one (t, x_0) pair with N draws."""
-    pairs = data.draw(st.lists(st.tuples(st.integers(0, s.T - 1), st.floats(-1, 1)), min_size=1, max_size=4))
+@given(sched=stand_ins(max_T=1000), data=st.data(), seed=st.integers(0, 2 ** 31))
+def test_q_sample_statistics(sched, data, seed):
+    """Over many noise draws, x_t = q_sample(x_0, t, noise) has mean sqrt(alpha_bar_t) x_0 and
+    variance 1 - alpha_bar_t (Eq. 4). Each row of the batch is one (t, x_0) pair with N draws."""
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, sched.T - 1), st.floats(-1, 1)),
+                               min_size=1, max_size=4))
     N = 20_000
     t = torch.tensor([p[0] for p in pairs])
     x0 = torch.tensor([p[1] for p in pairs], dtype=torch.float64)[:, None].expand(-1, N)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    x_t = s.q_sample(x0, t, noise)
-    assert x_t.shape == x0.shape, f"q_sample returned shape {tuple(x_t.shape)} for x_0 of shape {tuple(x0.shape)}"
-    mean, var = s.alphas_cumprod[t].sqrt() * x0[:, 0], 1 - s.alphas_cumprod[t]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)
+    x_t = sched.q_sample(x0, t, noise)
+    assert x_t.shape == x0.shape, (
+        f"q_sample returned shape {tuple(x_t.shape)} for x_0 of shape {tuple(x0.shape)}")
+    mean, var = sched.alphas_cumprod[t].sqrt() * x0[:, 0], 1 - sched.alphas_cumprod[t]
     for i, (got_mean, got_var) in enumerate(zip(x_t.mean(1).tolist(), x_t.var(1).tolist())):
         where = f"t = {int(t[i])}, x_0 = {x0[i, 0]:.3g}"
         allowed = Z * math.sqrt(var[i] / N)
         assert abs(got_mean - mean[i]) <= allowed, (
-            f"q_sample: mean {got_mean:.4g} at {where}; expected sqrt(alpha_bar_t) x_0 = {mean[i]:.4g} "
-            f"(+- {allowed:.2g} over {N} draws)")
+            f"q_sample: mean {got_mean:.4g} at {where}; expected sqrt(alpha_bar_t) x_0 = "
+            f"{mean[i]:.4g} (+- {allowed:.2g} over {N} draws)")
         allowed = Z * var[i] * math.sqrt(2 / (N - 1))
         assert abs(got_var - var[i]) <= allowed, (
             f"q_sample: variance {got_var:.4g} at {where}; expected 1 - alpha_bar_t = {var[i]:.4g} "
@@ -188,152 +213,171 @@ def test_q_sample_statistics(s, data, seed):
 
 @pytest.mark.ex4
 @FAST
-@given(s=stand_ins(), seed=st.integers(0, 2 ** 31))
-def test_predict_x0_inverts_q_sample(s, seed):
+@given(sched=stand_ins(), seed=st.integers(0, 2 ** 31))
+def test_predict_x0_inverts_q_sample(sched, seed):
     """Eq. 15 (predict_x0_from_eps, given) undoes Eq. 9 when it gets the same eps."""
-    g, T = torch.Generator().manual_seed(seed), s.T
+    g, T = torch.Generator().manual_seed(seed), sched.T
     x0 = torch.rand(16, 3, generator=g, dtype=torch.float64) * 2 - 1
     eps = torch.randn(16, 3, generator=g, dtype=torch.float64)
     t = torch.randint(0, T, (16,), generator=g)
     t[0] = T - 1  # the noisiest step divides by the smallest sqrt(alpha_bar)
-    x_t = s.q_sample(x0, t, eps)
-    # float64 rounding in x_t - sqrt(1 - alpha_bar) eps, amplified by the division by sqrt(alpha_bar_t)
-    bound = 8 * torch.finfo(torch.float64).eps * (1 + x_t.abs() + eps.abs()) / s.sqrt_alphas_cumprod[t, None]
-    back = s.predict_x0_from_eps(x_t, t, eps)
+    x_t = sched.q_sample(x0, t, noise=eps)
+    # float64 rounding in x_t - sqrt(1 - alpha_bar) eps, amplified by the division by
+    # sqrt(alpha_bar_t)
+    bound = (8 * torch.finfo(torch.float64).eps * (1 + x_t.abs() + eps.abs())
+             / sched.sqrt_alphas_cumprod[t, None])
+    back = sched.predict_x0_from_eps(x_t, t, eps)
     if not ((back - x0).abs() <= bound).all():
         i, j = first_false((back - x0).abs() <= bound)
-        raise AssertionError(f"q_sample then Eq. 15 (predict_x0_from_eps) should give x_0 back: got {back[i, j]:.6g} "
-                             f"at t = {int(t[i])}, expected x_0 = {x0[i, j]:.6g}; is x_t = q_sample(x_0, t, eps) "
-                             "Eq. 9, with this eps?")
+        raise AssertionError(
+            f"q_sample then Eq. 15 (predict_x0_from_eps) should give x_0 back: got "
+            f"{back[i, j]:.6g} at t = {int(t[i])}, expected x_0 = {x0[i, j]:.6g}; is "
+            "x_t = q_sample(x_0, t, eps) Eq. 9, with this eps?")
 
 
 @pytest.mark.ex5
 @FAST
-@given(s=stand_ins())
-def test_posterior_is_bayes_rule(s):
+@given(sched=stand_ins())
+def test_posterior_is_bayes_rule(sched):
     """q(x_{t-1}, x_t | x_0) is one Gaussian, reachable two ways: forwards, q(x_{t-1} | x_0) then
     x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) noise; or backwards, q(x_t | x_0) then the posterior
-    N(c1 x_0 + c2 x_t, beta_tilde). The posterior is right iff both give the same mean, variance and
-    covariance; with a = alpha_bar_t, p = alpha_bar_{t-1}, these are the three identities below.
-    The posterior mean is linear in (x_0, x_t), so q_posterior at unit inputs reads off c1 and c2."""
-    T, t = s.T, torch.arange(s.T)
+    N(c1 x_0 + c2 x_t, beta_tilde). The posterior is right iff both give the same mean, variance
+    and covariance; with a = alpha_bar_t, p = alpha_bar_{t-1}, these are the three identities
+    below. The posterior mean is linear in (x_0, x_t), so q_posterior at unit inputs reads off c1
+    and c2."""
+    T, t = sched.T, torch.arange(sched.T)
     one, zero = torch.ones(T, 1, dtype=torch.float64), torch.zeros(T, 1, dtype=torch.float64)
-    c1, var, log_var = (v.flatten() for v in s.q_posterior(one, zero, t))
-    c2 = s.q_posterior(zero, one, t)[0].flatten()
-    a, p = s.alphas_cumprod, s.alphas_cumprod_prev
-    # float64 rounding, amplified up to 1 / beta_1 times where 1 - alpha_bar_1 = 1 - (1 - beta_1) cancels
-    tol = dict(rtol=0, atol=16 * torch.finfo(torch.float64).eps / s.betas.min().item(), index="t")
-    close(c1 + c2 * a.sqrt(), p.sqrt(), "q_posterior: E[x_(t-1) | x_0] = c1 + c2 sqrt(alpha_bar_t) should be "
-          "sqrt(alpha_bar_(t-1)), where c1, c2 are the mean's coefficients of x_0 and x_t", **tol)
-    close(c2 ** 2 * (1 - a) + var, 1 - p, "q_posterior: Var[x_(t-1) | x_0] = c2^2 (1 - alpha_bar_t) + variance "
-          "should be 1 - alpha_bar_(t-1)", **tol)
-    close(c2 * (1 - a), s.alphas.sqrt() * (1 - p), "q_posterior: Cov[x_(t-1), x_t | x_0] = c2 (1 - alpha_bar_t) "
-          "should be sqrt(alpha_t) (1 - alpha_bar_(t-1))", **tol)
-    close(log_var, s.posterior_log_variance_clipped, "q_posterior: its log variance should be the table "
-          "posterior_log_variance_clipped", rtol=0, atol=0, index="t")
+    c1, var, log_var = (v.flatten() for v in sched.q_posterior(one, zero, t))
+    c2 = sched.q_posterior(zero, one, t)[0].flatten()
+    a, p = sched.alphas_cumprod, sched.alphas_cumprod_prev
+    # float64 rounding, amplified up to 1 / beta_1 times where 1 - alpha_bar_1 = 1 - (1 - beta_1)
+    # cancels
+    tol = dict(rtol=0, atol=16 * torch.finfo(torch.float64).eps / sched.betas.min().item(),
+               index="t")
+    close(c1 + c2 * a.sqrt(), p.sqrt(), "q_posterior: E[x_(t-1) | x_0] = c1 + c2 sqrt(alpha_bar_t) "
+          "should be sqrt(alpha_bar_(t-1)), where c1, c2 are the mean's coefficients of x_0 and "
+          "x_t", **tol)
+    close(c2 ** 2 * (1 - a) + var, 1 - p, "q_posterior: Var[x_(t-1) | x_0] = "
+          "c2^2 (1 - alpha_bar_t) + variance should be 1 - alpha_bar_(t-1)", **tol)
+    close(c2 * (1 - a), sched.alphas.sqrt() * (1 - p), "q_posterior: Cov[x_(t-1), x_t | x_0] = "
+          "c2 (1 - alpha_bar_t) should be sqrt(alpha_t) (1 - alpha_bar_(t-1))", **tol)
+    close(log_var, sched.posterior_log_variance_clipped, "q_posterior: its log variance should be "
+          "the table posterior_log_variance_clipped", rtol=0, atol=0, index="t")
 
 
-# --- the reverse process, step by step (exercises 6 and 7) ------------------------------------------------
+# --- the reverse process, step by step (exercises 6 and 7) ----------------------------------------
 
 def toy_model(x, t):
-    """Any deterministic eps predictor will do; this one makes x_0_hat leave [-1, 1] so clipping acts."""
+    """Any deterministic eps predictor will do; this one makes x0_hat leave [-1, 1] so clipping
+    acts."""
     return torch.sin(3 * x) + 0.001 * t.view(-1, *[1] * (x.dim() - 1))
 
 
-def with_stand_in_posterior(s):
-    """`s` with a made-up q_posterior (mean 0.25 x_0 + 0.5 x_t, which is not Eq. 7, and the true variances) in
-    place of exercise 5's, so that exercise 6 is graded on its own. p_sample must take its mean from
-    self.q_posterior, as its docstring says; the stored values were computed the same way."""
+def with_stand_in_posterior(sched):
+    """`sched` with a made-up q_posterior (mean 0.25 x_0 + 0.5 x_t, which is not Eq. 7, and the
+    true variances) in place of exercise 5's, so that exercise 6 is graded on its own. p_sample must
+    take its mean from self.q_posterior, as its docstring says; the stored values were computed the
+    same way."""
     def q_posterior(x0, x_t, t):
-        return 0.25 * x0 + 0.5 * x_t, s._at(s.posterior_variance, t, x_t), s._at(s.posterior_log_variance_clipped,
-                                                                                t, x_t)
-    s.q_posterior = q_posterior
-    return s
+        return (0.25 * x0 + 0.5 * x_t, sched._at(sched.posterior_variance, t, x_t),
+                sched._at(sched.posterior_log_variance_clipped, t, x_t))
+    sched.q_posterior = q_posterior
+    return sched
 
 
 def step_inputs(T=30, seed=0, ddim=False):
-    """The inputs of the stored step cases: 16 x_t of two numbers, at t from 0 to T - 1 (both ends included);
-    for DDIM also t_prev from -1 (x_0 itself) to t - 1."""
+    """The inputs of the stored step cases: 16 x_t of two numbers, at t from 0 to T - 1 (both ends
+    included); for DDIM also t_prev from -1 (x_0 itself) to t - 1."""
     g = torch.Generator().manual_seed(seed)
     x_t = 2 * torch.randn(16, 2, generator=g, dtype=torch.float64)
     t = torch.randint(1 if ddim else 0, T, (16,), generator=g)
     t[0], t[1] = T - 1, 1 if ddim else 0
     if not ddim:
         return x_t, t
-    t_prev = (torch.rand(16, generator=g, dtype=torch.float64) * (t + 1)).long() - 1  # uniform in -1..t-1
+    # uniform in -1..t-1
+    t_prev = (torch.rand(16, generator=g, dtype=torch.float64) * (t + 1)).long() - 1
     t_prev[0], t_prev[1] = T - 2, -1
     return x_t, t, t_prev
 
 
 @pytest.mark.ex6
-@pytest.mark.parametrize("case", REFERENCE["ddpm_step"], ids=lambda c: f"{c['variance']}-clip{c['clip_x0']}")
+@pytest.mark.parametrize("case", REFERENCE["ddpm_step"],
+                         ids=lambda c: f"{c['variance']}-clip{c['clip_x0']}")
 def test_ddpm_step_matches_stored_values(case):
-    """One p_sample step (Algorithm 2, mean by way of x_0_hat and the posterior) against the reference's own
-    output for the same inputs, noise and (stand-in) posterior."""
-    s = with_stand_in_posterior(stand_in(30))
+    """One p_sample step (Algorithm 2, mean by way of x0_hat and the posterior) against the
+    reference's own output for the same inputs, noise and (stand-in) posterior."""
+    sched = with_stand_in_posterior(stand_in(30))
     x_t, t = step_inputs()
-    x_prev, x0_hat = s.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(7),
-                                clip_x0=case["clip_x0"], variance=case["variance"])
+    x_prev, x0_hat = sched.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(7),
+                                    clip_x0=case["clip_x0"], variance=case["variance"])
     what = f"p_sample (variance={case['variance']!r}, clip_x0={case['clip_x0']})"
-    close(x0_hat, case["x0_hat"], f"{what}: its x_0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
+    close(x0_hat, case["x0_hat"],
+          f"{what}: its x0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
           rtol=1e-9, atol=1e-9, index="row")
-    close(x_prev, case["x_prev"], f"{what}: x_(t-1) = posterior mean + sigma_t z, with z = 0 at t = 0 "
-          f"(rows 0 and 1 are t = {int(t[0])} and t = 0)", rtol=1e-9, atol=1e-9, index="row")
+    close(x_prev, case["x_prev"], f"{what}: x_(t-1) = posterior mean + sigma_t z, with z = 0 at "
+          f"t = 0 (rows 0 and 1 are t = {int(t[0])} and t = 0)", rtol=1e-9, atol=1e-9, index="row")
 
 
 @pytest.mark.ex6
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
 def test_last_ddpm_step_adds_no_noise(variance):
-    s = with_stand_in_posterior(stand_in(50))
+    sched = with_stand_in_posterior(stand_in(50))
     x_t, t = torch.randn(8, 1, 4, 4, dtype=torch.float64), torch.zeros(8, dtype=torch.long)
-    out = [s.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(k), clip_x0=False,
-                      variance=variance) for k in (1, 2)]
-    close(out[0][0], out[1][0], "p_sample at t = 0 (paper step 1) with two different noise seeds: Algorithm 2 "
-          "adds no noise at the last step (z = 0)", rtol=0, atol=0, index="sample")
-    close(out[0][0], 0.25 * out[0][1] + 0.5 * x_t, "p_sample at t = 0: the posterior mean of (x_0_hat, x_t), "
-          "nothing added", rtol=1e-12, atol=1e-12, index="sample")
+    out = [sched.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(k),
+                          clip_x0=False, variance=variance) for k in (1, 2)]
+    close(out[0][0], out[1][0], "p_sample at t = 0 (paper step 1) with two different noise seeds: "
+          "Algorithm 2 adds no noise at the last step (z = 0)", rtol=0, atol=0, index="sample")
+    close(out[0][0], 0.25 * out[0][1] + 0.5 * x_t, "p_sample at t = 0: the posterior mean of "
+          "(x0_hat, x_t), nothing added", rtol=1e-12, atol=1e-12, index="sample")
 
 
 @pytest.mark.ex7
-@pytest.mark.parametrize("case", REFERENCE["ddim_step"], ids=lambda c: f"eta{c['eta']}-clip{c['clip_x0']}")
+@pytest.mark.parametrize("case", REFERENCE["ddim_step"],
+                         ids=lambda c: f"eta{c['eta']}-clip{c['clip_x0']}")
 def test_ddim_step_matches_stored_values(case):
-    """One ddim_step (Song et al. 2021, Eqs. 12 and 16) against the reference's output for the same inputs and
-    noise: at eta = 0.5 this checks sigma^2 exactly, which the sampling statistics below only roughly can."""
-    s = stand_in(30)
+    """One ddim_step (Song et al. 2021, Eqs. 12 and 16) against the reference's output for the same
+    inputs and noise: at eta = 0.5 this checks sigma^2 exactly, which the sampling statistics below
+    only roughly can."""
+    sched = stand_in(30)
     x_t, t, t_prev = step_inputs(ddim=True)
-    x_prev, x0_hat = s.ddim_step(toy_model, x_t, t, t_prev, eta=case["eta"],
-                                 generator=torch.Generator().manual_seed(7), clip_x0=case["clip_x0"])
+    x_prev, x0_hat = sched.ddim_step(toy_model, x_t, t, t_prev, eta=case["eta"],
+                                     generator=torch.Generator().manual_seed(7),
+                                     clip_x0=case["clip_x0"])
     what = f"ddim_step (eta = {case['eta']}, clip_x0={case['clip_x0']})"
-    close(x0_hat, case["x0_hat"], f"{what}: its x_0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
+    close(x0_hat, case["x0_hat"],
+          f"{what}: its x0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
           rtol=1e-9, atol=1e-9, index="row")
-    close(x_prev, case["x_prev"], f"{what}: x_prev of Eq. 12 with Eq. 16's sigma (rows 0 and 1 go from t = "
-          f"{int(t[0])} to {int(t_prev[0])} and from t = 1 to x_0)", rtol=1e-9, atol=1e-9, index="row")
+    close(x_prev, case["x_prev"], f"{what}: x_prev of Eq. 12 with Eq. 16's sigma (rows 0 and 1 go "
+          f"from t = {int(t[0])} to {int(t_prev[0])} and from t = 1 to x_0)", rtol=1e-9, atol=1e-9,
+          index="row")
 
 
 @pytest.mark.ex7
 @pytest.mark.parametrize("clip_x0", [False, True])
 def test_ddim_eta1_over_consecutive_steps_is_ddpm_beta_tilde(clip_x0):
-    """With eta = 1 and steps = T, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the posterior
-    mean, so DDIM must reproduce DDPM's samples (stored, from the reference's p_sample_loop) from the same
-    seed (with clipping too, because DDIM rederives eps from the clipped x_0_hat)."""
-    s = stand_in(40)
-    ddim, _ = s.ddim_sample_loop(toy_model, (8, 3), steps=40, eta=1.0, generator=torch.Generator().manual_seed(5),
-                                 dtype=torch.float64, clip_x0=clip_x0)
-    close(ddim, REFERENCE["ddpm_beta_tilde_samples"][str(clip_x0)], f"DDIM, eta = 1, all 40 steps, clip_x0="
-          f"{clip_x0}: its samples against DDPM's (variance beta_tilde) from the same seed", rtol=1e-10, atol=1e-10,
-          index="sample")
+    """With eta = 1 and steps = T, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the
+    posterior mean, so DDIM must reproduce DDPM's samples (stored, from the reference's
+    p_sample_loop) from the same seed (with clipping too, because DDIM rederives eps from the
+    clipped x0_hat)."""
+    sched = stand_in(40)
+    ddim, _ = sched.ddim_sample_loop(toy_model, (8, 3), steps=40, eta=1.0,
+                                     generator=torch.Generator().manual_seed(5),
+                                     dtype=torch.float64, clip_x0=clip_x0)
+    close(ddim, REFERENCE["ddpm_beta_tilde_samples"][str(clip_x0)],
+          f"DDIM, eta = 1, all 40 steps, clip_x0={clip_x0}: its samples against DDPM's (variance "
+          "beta_tilde) from the same seed", rtol=1e-10, atol=1e-10, index="sample")
 
 
 @pytest.mark.ex7
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_last_step_returns_x0_hat(eta):
-    s = stand_in(100)
-    timesteps = s.ddim_timesteps(7)
-    x, traj = s.ddim_sample_loop(toy_model, (4, 5), steps=7, eta=eta, generator=torch.Generator().manual_seed(0),
-                                 record=timesteps)
+    sched = stand_in(100)
+    timesteps = sched.ddim_timesteps(7)
+    x, traj = sched.ddim_sample_loop(toy_model, (4, 5), steps=7, eta=eta,
+                                     generator=torch.Generator().manual_seed(0), record=timesteps)
     assert [r[0] for r in traj] == timesteps
-    close(x, traj[-1][2], f"DDIM (eta = {eta}): the last step goes to alpha_bar = 1, so it should return its "
-          "x_0_hat exactly, with no noise left", rtol=0, atol=0, index="sample")
+    close(x, traj[-1][2], f"DDIM (eta = {eta}): the last step goes to alpha_bar = 1, so it should "
+          "return its x0_hat exactly, with no noise left", rtol=0, atol=0, index="sample")
 
 
 @FAST
@@ -347,45 +391,52 @@ def test_ddim_timesteps(T, data):
         assert ts == list(range(T - 1, -1, -1))
 
 
-# --- the samplers end to end: Gaussian data, whose optimal noise predictor is known ---------------------
+# --- the samplers end to end: Gaussian data, whose optimal noise predictor is known --------------
 
 MU, SD, N = 0.3, 0.5, 20_000  # data N(MU, SD^2); N independent scalar samples per run
 
 
-def eps_star(s):
-    """E[eps | x_t] for data N(MU, SD^2): sqrt(1 - a) (x_t - sqrt(a) MU) / (a SD^2 + 1 - a), a = alpha_bar_t."""
+def eps_star(sched):
+    """E[eps | x_t] for data N(MU, SD^2): sqrt(1 - a) (x_t - sqrt(a) MU) / (a SD^2 + 1 - a),
+    a = alpha_bar_t."""
     def model(x, t):
-        a = s.alphas_cumprod[t].view(-1, 1).to(x)
+        a = sched.alphas_cumprod[t].view(-1, 1).to(x)
         return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * SD ** 2 + 1 - a)
     return model
 
 
 def check_samples(x, m, sd, what):
-    """The empirical mean and std of x (all entries i.i.d.) match the exact m, sd up to sampling error."""
+    """The empirical mean and std of x (all entries i.i.d.) match the exact m, sd up to sampling
+    error."""
     n = x.numel()
     mean, std = x.mean().item(), x.std().item()
     assert abs(mean - m) <= Z * sd / math.sqrt(n), (
-        f"{what}: sample mean {mean:.5f}, expected {m:.5f} (+- {Z * sd / math.sqrt(n):.5f} over {n} samples)")
+        f"{what}: sample mean {mean:.5f}, expected {m:.5f} (+- {Z * sd / math.sqrt(n):.5f} over "
+        f"{n} samples)")
     assert abs(std - sd) <= Z * sd / math.sqrt(2 * (n - 1)), (
-        f"{what}: sample std {std:.5f}, expected {sd:.5f} (+- {Z * sd / math.sqrt(2 * (n - 1)):.5f} over {n} samples)")
+        f"{what}: sample std {std:.5f}, expected {sd:.5f} "
+        f"(+- {Z * sd / math.sqrt(2 * (n - 1)):.5f} over {n} samples)")
 
 
-# The exact mean and std of each sampler's output, stored: with eps* affine in x, every step is an affine map
-# plus Gaussian noise, so the output is Gaussian with moments the reference computed from the papers' formulas.
-# DDIM: each stand-in shape; DDPM: both variance choices, and the back-loaded shape (with the flat one, T = 1000
-# steps of DDPM end 1% off the data's std: the discrete chain's own error, not the code's).
+# The exact mean and std of each sampler's output, stored: with eps* affine in x, every step is an
+# affine map plus Gaussian noise, so the output is Gaussian with moments the reference computed from
+# the papers' formulas. DDIM: each stand-in shape; DDPM: both variance choices, and the back-loaded
+# shape (with the flat one, T = 1000 steps of DDPM end 1% off the data's std: the discrete chain's
+# own error, not the code's).
 @pytest.mark.ex6(depends=[5])
 @pytest.mark.parametrize("power,variance", [(1, "beta"), (1, "beta_tilde"), (3, "beta")])
 def test_ddpm_samples_gaussian_data(power, variance):
-    """Algorithm 2 with the exact eps* turns N(0, I) into the data's N(0.3, 0.5^2), to within 1% for T = 1000,
-    and the code must give exactly that discrete chain's mean and std. It runs your q_posterior (exercise 5)."""
-    s = stand_in(1000, power=power)
+    """Algorithm 2 with the exact eps* turns N(0, I) into the data's N(0.3, 0.5^2), to within 1% for
+    T = 1000, and the code must give exactly that discrete chain's mean and std. It runs your
+    q_posterior (exercise 5)."""
+    sched = stand_in(1000, power=power)
     m, sd = REFERENCE["ddpm_moments"][f"{power}-{variance}"]
     # N scalars as a (10, N/10) batch: fewer coefficient gathers
-    x, _ = s.p_sample_loop(eps_star(s), (10, N // 10), generator=torch.Generator().manual_seed(0),
-                           dtype=torch.float64, clip_x0=False, variance=variance)
-    check_samples(x, m, sd, f"DDPM (variance={variance!r}, stand-in schedule t^{power}, T = 1000) on N({MU}, {SD}^2) "
-                  "data with the exact eps*")
+    x, _ = sched.p_sample_loop(eps_star(sched), (10, N // 10),
+                               generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                               clip_x0=False, variance=variance)
+    check_samples(x, m, sd, f"DDPM (variance={variance!r}, stand-in schedule t^{power}, T = 1000) "
+                  f"on N({MU}, {SD}^2) data with the exact eps*")
 
 
 @pytest.mark.ex7
@@ -393,31 +444,35 @@ def test_ddpm_samples_gaussian_data(power, variance):
 @pytest.mark.parametrize("steps", [50, 10])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_samples_gaussian_data(power, steps, eta):
-    """The mean comes out right; the std comes out smaller than SD (few DDIM steps under-disperse), and the code
-    must reproduce that exact discrete behaviour, not the ideal one."""
-    s = stand_in(1000, power=power)
+    """The mean comes out right; the std comes out smaller than SD (few DDIM steps
+    under-disperse), and the code must reproduce that exact discrete behaviour, not the ideal
+    one."""
+    sched = stand_in(1000, power=power)
     m, sd = REFERENCE["ddim_moments"][f"{power}-{steps}-{eta}"]
-    x, _ = s.ddim_sample_loop(eps_star(s), (10, N // 10), steps=steps, eta=eta,
-                              generator=torch.Generator().manual_seed(1), dtype=torch.float64, clip_x0=False)
-    check_samples(x, m, sd, f"DDIM ({steps} steps, eta = {eta}, stand-in schedule t^{power}) on N({MU}, {SD}^2) "
-                  "data with the exact eps*")
+    x, _ = sched.ddim_sample_loop(eps_star(sched), (10, N // 10), steps=steps, eta=eta,
+                                  generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+                                  clip_x0=False)
+    check_samples(x, m, sd, f"DDIM ({steps} steps, eta = {eta}, stand-in schedule t^{power}) on "
+                  f"N({MU}, {SD}^2) data with the exact eps*")
 
 
-# --- shapes, dtypes, devices, seeds, trajectories ---------------------------------------------------------
+# --- shapes, dtypes, devices, seeds, trajectories -------------------------------------------------
 
-def call(method, s, dtype, device):
-    """Run `method` of s on a small batch of `dtype` on `device`: {name of each output: the output}."""
+def call(method, sched, dtype, device):
+    """Run `method` of sched on a small batch of `dtype` on `device`: {name of each output: the
+    output}."""
     x0 = torch.rand(3, 1, 5, 4, dtype=dtype, device=device) * 2 - 1
     eps, t = torch.randn_like(x0), torch.tensor([0, 7, 29], device=device)
     g = torch.Generator(device).manual_seed(0)
     if method == "q_sample":
-        return x0, dict(x_t=s.q_sample(x0, t, eps))
+        return x0, dict(x_t=sched.q_sample(x0, t, noise=eps))
     if method == "q_posterior":
-        return x0, dict(zip(["mean", "variance", "log_variance"], s.q_posterior(x0, eps, t)))
+        return x0, dict(zip(["mean", "variance", "log_variance"], sched.q_posterior(x0, eps, t)))
     if method == "p_sample":
-        return x0, dict(zip(["x_(t-1)", "x_0_hat"], with_stand_in_posterior(s).p_sample(toy_model, eps, t,
-                                                                                        generator=g)))
-    return x0, dict(zip(["x_prev", "x_0_hat"], s.ddim_step(toy_model, eps, t, t - 1, eta=0.5, generator=g)))
+        stepped = with_stand_in_posterior(sched).p_sample(toy_model, eps, t, generator=g)
+        return x0, dict(zip(["x_(t-1)", "x0_hat"], stepped))
+    return x0, dict(zip(["x_prev", "x0_hat"],
+                        sched.ddim_step(toy_model, eps, t, t - 1, eta=0.5, generator=g)))
 
 
 @pytest.mark.parametrize("method", [pytest.param("q_sample", marks=pytest.mark.ex4),
@@ -427,96 +482,107 @@ def call(method, s, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_keeps_dtype_and_device(method, device, dtype):
-    """The tables are float64 on the CPU; what comes out must still have x's dtype and device, or Part 2's
-    float32 model (and any GPU run) breaks. self._at(table, t, x) casts the gathered values for you."""
+    """The tables are float64 on the CPU; what comes out must still have x's dtype and device, or
+    Part 2's float32 model (and any GPU run) breaks. self._at(table, t, x) casts the gathered values
+    for you."""
     x0, outputs = call(method, stand_in(30), dtype, device)
     for name, out in outputs.items():
         shape = (3, 1, 1, 1) if name in ("variance", "log_variance") else x0.shape
         assert out.dtype == dtype and out.device == x0.device, (
-            f"{method} returned its {name} as {out.dtype} on {out.device} for {dtype} input on {x0.device}; "
-            f"expected {dtype} on {x0.device}")
-        assert out.shape == shape, f"{method} returned its {name} with shape {tuple(out.shape)}; expected {shape}"
+            f"{method} returned its {name} as {out.dtype} on {out.device} for {dtype} input on "
+            f"{x0.device}; expected {dtype} on {x0.device}")
+        assert out.shape == shape, (
+            f"{method} returned its {name} with shape {tuple(out.shape)}; expected {shape}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_dtype_device_pass_through(device, dtype):
-    s = Schedule("cosine", 30)
+    sched = Schedule("cosine", 30)
     x0 = torch.rand(3, 1, 5, 4, dtype=dtype, device=device) * 2 - 1
     eps, t = torch.randn_like(x0), torch.tensor([0, 7, 29], device=device)
-    x_t = s.q_sample(x0, t, eps)
-    mean, var, log_var = s.q_posterior(x0, x_t, t)
-    outputs = [x_t, mean, s.predict_x0_from_eps(x_t, t, eps), *s.p_sample(toy_model, x_t, t)]
+    x_t = sched.q_sample(x0, t, noise=eps)
+    mean, var, log_var = sched.q_posterior(x0, x_t, t)
+    outputs = [x_t, mean, sched.predict_x0_from_eps(x_t, t, eps),
+               *sched.p_sample(toy_model, x_t, t)]
     assert all(o.shape == x0.shape and o.dtype == dtype and o.device == x0.device for o in outputs)
-    assert all(o.shape == (3, 1, 1, 1) and o.dtype == dtype and o.device == x0.device for o in (var, log_var))
+    assert all(o.shape == (3, 1, 1, 1) and o.dtype == dtype and o.device == x0.device
+               for o in (var, log_var))
     g = torch.Generator(device).manual_seed(0)
-    assert s.ddim_timesteps(5) == [29, 23, 17, 11, 5]
+    assert sched.ddim_timesteps(5) == [29, 23, 17, 11, 5]
     shape = (2, 1, 5, 4)
-    for x, traj in (s.p_sample_loop(toy_model, shape, generator=g, device=device, dtype=dtype, record=[5, 29]),
-                    s.ddim_sample_loop(toy_model, shape, steps=5, generator=g, device=device, dtype=dtype,
-                                       record=[0, 5, 6, 29])):
+    for x, traj in (sched.p_sample_loop(toy_model, shape, generator=g, device=device, dtype=dtype,
+                                        record=[5, 29]),
+                    sched.ddim_sample_loop(toy_model, shape, steps=5, generator=g, device=device,
+                                           dtype=dtype, record=[0, 5, 6, 29])):
         assert x.shape == shape and x.dtype == dtype and x.device == x0.device
-        assert [r[0] for r in traj] == [29, 5]  # in sampling order; DDIM keeps only the timesteps it visits
-        assert all(r[1].device.type == r[2].device.type == "cpu" and r[1].shape == x.shape for r in traj)
+        # in sampling order; DDIM keeps only the timesteps it visits
+        assert [r[0] for r in traj] == [29, 5]
+        assert all(r[1].device.type == r[2].device.type == "cpu" and r[1].shape == x.shape
+                   for r in traj)
 
 
 @pytest.mark.ex6
 def test_model_sees_long_timesteps_in_sampling_order():
     seen = []
-    s = with_stand_in_posterior(stand_in(5))
-    s.p_sample_loop(lambda x, t: seen.append(t) or torch.zeros_like(x), (3, 2))
+    sched = with_stand_in_posterior(stand_in(5))
+    sched.p_sample_loop(lambda x, t: seen.append(t) or torch.zeros_like(x), (3, 2))
     got = [tt.tolist() for tt in seen]
     assert got == [[t] * 3 for t in (4, 3, 2, 1, 0)], (
-        f"p_sample_loop over T = 5 steps called the model with t = {got}; expected [4, 4, 4], [3, 3, 3], ..., "
-        "[0, 0, 0]: p_sample should call model(x_t, t) once, with the t it was given")
-    assert all(tt.dtype == torch.long for tt in seen), "p_sample should pass the model t as given (long)"
+        f"p_sample_loop over T = 5 steps called the model with t = {got}; expected [4, 4, 4], "
+        "[3, 3, 3], ..., [0, 0, 0]: p_sample should call model(x_t, t) once, with the t it was "
+        "given")
+    assert all(tt.dtype == torch.long for tt in seen), (
+        "p_sample should pass the model t as given (long)")
 
 
 @pytest.mark.ex6
 def test_clipping_keeps_x0_hat_in_data_range():
-    s = with_stand_in_posterior(stand_in(20))
+    sched = with_stand_in_posterior(stand_in(20))
     for clip_x0 in (True, False):
-        _, traj = s.p_sample_loop(toy_model, (8, 3), generator=torch.Generator().manual_seed(0), clip_x0=clip_x0,
-                                  record=range(20))
+        _, traj = sched.p_sample_loop(toy_model, (8, 3), generator=torch.Generator().manual_seed(0),
+                                      clip_x0=clip_x0, record=range(20))
         largest = max(r[2].abs().max().item() for r in traj)
         if clip_x0:
-            assert largest <= 1, f"p_sample with clip_x0=True returned an x_0_hat of {largest:.3g}; expected " \
-                                 "every value clamped to [-1, 1]"
+            assert largest <= 1, (f"p_sample with clip_x0=True returned an x0_hat of "
+                                  f"{largest:.3g}; expected every value clamped to [-1, 1]")
         else:
-            assert largest > 1, f"p_sample with clip_x0=False returned x_0_hat within [-1, 1] only; this toy " \
-                                f"model's Eq. 15 prediction reaches {largest:.3g}: clamp only when clip_x0"
+            assert largest > 1, (f"p_sample with clip_x0=False returned x0_hat within [-1, 1] "
+                                 f"only; this toy model's Eq. 15 prediction reaches "
+                                 f"{largest:.3g}: clamp only when clip_x0")
 
 
 @pytest.mark.ex6
 def test_trajectory_holds_x_t_and_its_x0_hat():
-    s = with_stand_in_posterior(stand_in(20))
-    x, traj = s.p_sample_loop(toy_model, (4, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64,
-                              clip_x0=False, record=range(20))
+    sched = with_stand_in_posterior(stand_in(20))
+    x, traj = sched.p_sample_loop(toy_model, (4, 3), generator=torch.Generator().manual_seed(3),
+                                  dtype=torch.float64, clip_x0=False, record=range(20))
     assert [r[0] for r in traj] == list(range(19, -1, -1)) and traj[-1][2].shape == x.shape
     for t, x_t, x0_hat in traj:
         tt = torch.full((4,), t)
-        close(x0_hat, s.predict_x0_from_eps(x_t, tt, toy_model(x_t, tt)), f"p_sample's x_0_hat at t = {t}, "
-              "against Eq. 15 (predict_x0_from_eps) of the model's eps", index="sample")
-    assert s.p_sample_loop(toy_model, (4, 3))[1] == []
+        close(x0_hat, sched.predict_x0_from_eps(x_t, tt, toy_model(x_t, tt)),
+              f"p_sample's x0_hat at t = {t}, against Eq. 15 (predict_x0_from_eps) of the model's "
+              "eps", index="sample")
+    assert sched.p_sample_loop(toy_model, (4, 3))[1] == []
 
 
 @pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.ex6),
                                      pytest.param("ddim", marks=pytest.mark.ex7)])
 def test_same_seed_same_samples(sampler):
-    s = with_stand_in_posterior(stand_in(25))
+    sched = with_stand_in_posterior(stand_in(25))
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
         if sampler == "ddpm":
-            return s.p_sample_loop(toy_model, (6, 2), generator=g)[0]
-        return s.ddim_sample_loop(toy_model, (6, 2), steps=8, eta=0.5, generator=g)[0]
-    close(run(11), run(11), f"{sampler}: two runs from seed 11 (all noise must come from `generator`)", rtol=0,
-          atol=0, index="sample")
-    assert not torch.equal(run(11), run(12)), f"{sampler}: seeds 11 and 12 gave the same samples; draw z from " \
-                                              "`generator`"
+            return sched.p_sample_loop(toy_model, (6, 2), generator=g)[0]
+        return sched.ddim_sample_loop(toy_model, (6, 2), steps=8, eta=0.5, generator=g)[0]
+    close(run(11), run(11), f"{sampler}: two runs from seed 11 (all noise must come from "
+          "`generator`)", rtol=0, atol=0, index="sample")
+    assert not torch.equal(run(11), run(12)), (
+        f"{sampler}: seeds 11 and 12 gave the same samples; draw z from `generator`")
 
 
-# --- classifier-free guidance ---------------------------------------------------------------------------
+# --- classifier-free guidance ---------------------------------------------------------------------
 
 def test_classifier_free_guidance():
     calls = []
@@ -529,13 +595,15 @@ def test_classifier_free_guidance():
     cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
     calls.clear()
     for scale in (0.0, 1.0, 3.5):
-        close(classifier_free_guidance(model, y, scale, null_label=10)(x, t), uncond + scale * (cond - uncond),
-              f"guided eps at scale {scale}", rtol=1e-6, atol=1e-5)  # float32
+        close(classifier_free_guidance(model, y, scale, null_label=10)(x, t),
+              uncond + scale * (cond - uncond), f"guided eps at scale {scale}", rtol=1e-6,
+              atol=1e-5)  # float32
     assert calls == [8, 8, 8]  # both halves in one batched call
-    close(classifier_free_guidance(model, y, 1.0, 10)(x, t), cond, "guided eps at scale 1", rtol=1e-6, atol=1e-5)
+    close(classifier_free_guidance(model, y, 1.0, 10)(x, t), cond, "guided eps at scale 1",
+          rtol=1e-6, atol=1e-5)
 
 
-# --- bad input ------------------------------------------------------------------------------------------
+# --- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call,fragments", [
     (lambda: make_betas("linear", 0), ["T = 0", ">= 1"]),
@@ -547,17 +615,22 @@ def test_classifier_free_guidance():
     (lambda: Schedule.from_betas([0.1, float("nan")]), ["betas[1] = nan", "(0, 1)"]),
     (lambda: Schedule.from_betas([]), ["shape (0,)", "length T >= 1"]),
     (lambda: stand_in(10).ddim_timesteps(0), ["got 0", "from 1 to T = 10"]),
-    (lambda: stand_in(10).ddim_sample_loop(toy_model, (1, 1), steps=11), ["got 11", "from 1 to T = 10"]),
+    (lambda: stand_in(10).ddim_sample_loop(toy_model, (1, 1), steps=11),
+     ["got 11", "from 1 to T = 10"]),
     (lambda: stand_in(10).q_sample(torch.zeros(2, 1), torch.tensor([0, 10]), torch.zeros(2, 1)),
      ["t = 10", "from 0 to 9"]),
     (lambda: stand_in(10).p_sample(toy_model, torch.zeros(2, 1), torch.tensor([-1, 3])),
      ["t = -1", "from 0 to 9"]),
-    (lambda: stand_in(10).ddim_step(toy_model, torch.zeros(2, 1), torch.tensor([4, 4]), torch.tensor([3, 4])),
+    (lambda: stand_in(10).ddim_step(toy_model, torch.zeros(2, 1), torch.tensor([4, 4]),
+                                    torch.tensor([3, 4])),
      ["t_prev = 4 for t = 4", "[-1, t - 1]"]),
-    (lambda: stand_in(10).p_sample_loop(toy_model, (1, 1), record=[3, 10]), ["timestep 10", "from 0 to 9"]),
-    (lambda: stand_in(10).p_sample(toy_model, torch.zeros(1, 1), torch.tensor([3]), variance="large"),
+    (lambda: stand_in(10).p_sample_loop(toy_model, (1, 1), record=[3, 10]),
+     ["timestep 10", "from 0 to 9"]),
+    (lambda: stand_in(10).p_sample(toy_model, torch.zeros(1, 1), torch.tensor([3]),
+                                   variance="large"),
      ["'large'", "'beta' or 'beta_tilde'"]),
-    (lambda: stand_in(10).ddim_sample_loop(toy_model, (1, 1), steps=5, eta=1.5), ["eta = 1.5", "[0, 1]"]),
+    (lambda: stand_in(10).ddim_sample_loop(toy_model, (1, 1), steps=5, eta=1.5),
+     ["eta = 1.5", "[0, 1]"]),
 ])
 def test_bad_input_names_value_and_range(call, fragments):
     with pytest.raises(ValueError) as error:
