@@ -354,9 +354,9 @@ def plot_gan_losses(losses, minutes, path):
     for colour, (name, history) in enumerate(losses):
         for key, values in history.items():
             ax, style = (left, "-") if key == "L_simple" else (right, "-" if key == "d" else "--")
-            k = min(100, max(1, len(values) // 10))  # as plots.loss_curve: short runs get short windows
-            ax.plot(np.arange(k, len(values) + 1), np.convolve(values, np.ones(k) / k, mode="valid"), style,
-                    color=f"C{colour}", label=name if key == "L_simple" else f"{name}, {key.upper()}")
+            steps, means, _ = plots.running_mean(values)
+            ax.plot(steps, means, style, color=f"C{colour}",
+                    label=name if key == "L_simple" else f"{name}, {key.upper()}")
     for level in (2 * np.log(2), np.log(2)):
         right.axhline(level, ls=":", color="grey", lw=1)
     left.set(yscale="log", xlabel="training step", ylabel="MSE between eps and eps_theta (log scale)",

@@ -95,15 +95,21 @@ def forward_noising(sched, x0, path, n_cols=8):
     save_figure(fig, path)
 
 
+def running_mean(values):
+    """The mean of each window of k consecutive values, k = a tenth of them (1 to 100): short runs
+    get short windows. Returns (the step at each window's end, the means, k)."""
+    k = min(100, max(1, len(values) // 10))
+    means = np.convolve(values, np.ones(k) / k, mode="valid")
+    return np.arange(k, len(values) + 1), means, k
+
+
 def loss_curve(history, path):
     """The training loss of every step, and a running mean to see the trend through the noise."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps = np.arange(1, len(history) + 1)
-    ax.plot(steps, history, lw=0.5, alpha=0.4, label="per step")
-    k = min(100, max(1, len(history) // 10))
-    if len(history) >= k:
-        ax.plot(steps[k - 1:], np.convolve(history, np.ones(k) / k, mode="valid"),
-                label=f"mean of {k} steps")
+    ax.plot(np.arange(1, len(history) + 1), history, lw=0.5, alpha=0.4, label="per step")
+    if history:
+        steps, means, k = running_mean(history)
+        ax.plot(steps, means, label=f"mean of {k} steps")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("MSE between eps and eps_theta (log scale)")
