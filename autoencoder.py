@@ -9,8 +9,10 @@ diffusion"). Fewer numbers per image means a cheaper U-Net at every one of the s
 
 Ours maps a 28 x 28 digit (784 numbers) to a latent z of 3 x 8 x 8 (192 numbers, 4.1 times fewer):
 
-    x (B, 1, 28, 28) -pad-> 32 x 32 -conv, SiLU, stride-2 convs-> 16 x 16 -> 8 x 8 -> mean, log variance
-    z = mean + std * noise  (B, 3, 8, 8)  -conv, SiLU, 2x upsampling-> 16 -> 32 -crop-> x_hat (B, 1, 28, 28)
+    x (B, 1, 28, 28) -pad-> 32 x 32 -conv, SiLU, stride-2 convs-> 16 x 16 -> 8 x 8
+                     -> mean, log variance
+    z = mean + std * noise  (B, 3, 8, 8)  -conv, SiLU, 2x upsampling-> 16 -> 32
+                                          -crop-> x_hat (B, 1, 28, 28)
 
 Like latent diffusion's autoencoder it is a small variational one: the encoder gives a Gaussian per
 latent number and the loss adds KL_WEIGHT times its KL divergence from N(0, 1) to the reconstruction
@@ -20,8 +22,8 @@ schedule assumes data of about unit scale. What is left of the scale is measured
 (the standard deviation of the latents of the training digits) and divided out, as Stable Diffusion
 does with its constant 0.18215: `encode` returns latents with unit variance, `decode` takes them.
 
-Trained once on MNIST's training digits and cached beside the data (`<data-dir>/mnist-autoencoder.pt`),
-like metrics.py's classifier.
+Trained once on MNIST's training digits and cached beside the data
+(`<data-dir>/mnist-autoencoder.pt`), like metrics.py's classifier.
 
 Next: the Part 3 script that joins them (being built); until then, the tests in
 tests/test_captions.py, tests/test_cross_attention.py and tests/test_autoencoder.py.
@@ -48,7 +50,8 @@ CACHE_FILE = "mnist-autoencoder.pt"
 
 class Autoencoder(nn.Module):
     """encode: (B, 1, 28, 28) in [-1, 1] -> z (B, 3, 8, 8), unit variance over the data.
-    decode: z (B, 3, 8, 8) -> (B, 1, 28, 28). `scale` is set after training (see the module's doc)."""
+    decode: z (B, 3, 8, 8) -> (B, 1, 28, 28).
+    `scale` is set after training (see the module's doc)."""
 
     def __init__(self, width=WIDTH, latent=LATENT_CHANNELS):
         super().__init__()
@@ -60,13 +63,17 @@ class Autoencoder(nn.Module):
             nn.Conv2d(2 * w, 2 * latent, 3, padding=1))                      # mean and log variance
         self.decoder = nn.Sequential(
             nn.Conv2d(latent, 2 * w, 3, padding=1), nn.SiLU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.SiLU(),  # 8 -> 16
-            nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, padding=1), nn.SiLU(),      # 16 -> 32
+            nn.Upsample(scale_factor=2),                                     # 8 -> 16
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.SiLU(),
+            nn.Upsample(scale_factor=2),                                     # 16 -> 32
+            nn.Conv2d(2 * w, w, 3, padding=1), nn.SiLU(),
             nn.Conv2d(w, 1, 3, padding=1))
-        self.register_buffer("scale", torch.tensor(1.0))  # 1 / std of the latents, set by `fit_scale`
+        # 1 / std of the latents, set by `fit_scale`
+        self.register_buffer("scale", torch.tensor(1.0))
 
     def moments(self, x):
-        """x (B, 1, 28, 28) -> mean and log variance of q(z | x), each (B, latent, 8, 8), unscaled."""
+        """x (B, 1, 28, 28) -> mean and log variance of q(z | x),
+        each (B, latent, 8, 8), unscaled."""
         mean, logvar = self.encoder(F.pad(x, (2, 2, 2, 2), value=-1.0)).chunk(2, dim=1)
         return mean, logvar.clamp(-20, 10)
 
@@ -122,7 +129,8 @@ def train(images, epochs=EPOCHS, seed=SEED, log=print):
 
 
 def load_or_train(data_dir="data", log=print):
-    """The cached autoencoder in data_dir, trained on MNIST's training digits first if it is missing."""
+    """The cached autoencoder in data_dir, trained on MNIST's training digits first if it is
+    missing."""
     path = Path(data_dir) / CACHE_FILE
     if path.exists():
         model = Autoencoder()
@@ -150,9 +158,10 @@ def reconstruction_error(model, images, batch=1000):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Train (or load) the autoencoder of Part 3 and show what it "
-                                            "keeps of a digit.")
-    p.add_argument("--data-dir", default="data", help="MNIST, and the cached autoencoder (default data)")
+    p = argparse.ArgumentParser(description="Train (or load) the autoencoder of Part 3 and show "
+                                            "what it keeps of a digit.")
+    p.add_argument("--data-dir", default="data",
+                   help="MNIST, and the cached autoencoder (default data)")
     p.add_argument("--out", default="runs/autoencoder.png", help="the figure (default %(default)s)")
     args = p.parse_args(argv)
     model = load_or_train(args.data_dir)

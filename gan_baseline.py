@@ -1,22 +1,23 @@
 """The baseline for Part 2: a small DCGAN on the same digits, for the same wall-clock as the DDPM.
 
-    python gan_baseline.py                    # train 10 minutes (as long as part2_diffusion.py), then sample
+    python gan_baseline.py           # train 10 minutes (as long as part2_diffusion.py), then sample
     python gan_baseline.py --minutes 2 --n 1000 --seed 1
-    python experiments.py gan                 # the DDPM against this GAN, three seeds, in one table
+    python experiments.py gan        # the DDPM against this GAN, three seeds, in one table
 
 A GAN (Goodfellow et al. 2014) trains two networks against each other. The generator G maps noise
-z ~ N(0, I) to an image in ONE forward pass; the discriminator D scores how real an image looks. D learns
-to tell real digits from G's, G learns to fool D; at the game's equilibrium G's images follow the data.
-A DCGAN (Radford, Metz and Chintala 2015) is the convolutional recipe that first made this game train
-reliably on images: (transposed) convolutions with stride 2 instead of pooling or dense layers,
-BatchNorm in G, ReLU in G and LeakyReLU(0.2) in D, tanh for the output image, N(0, 0.02) initial weights,
-and Adam with beta1 = 0.5. We keep all of it at MNIST's 28 x 28, small enough for a laptop's CPU, with a
-larger learning rate (measured below).
+z ~ N(0, I) to an image in ONE forward pass; the discriminator D scores how real an image looks. D
+learns to tell real digits from G's, G learns to fool D; at the game's equilibrium G's images follow
+the data. A DCGAN (Radford, Metz and Chintala 2015) is the convolutional recipe that first made this
+game train reliably on images: (transposed) convolutions with stride 2 instead of pooling or dense
+layers, BatchNorm in G, ReLU in G and LeakyReLU(0.2) in D, tanh for the output image, N(0, 0.02)
+initial weights, and Adam with beta1 = 0.5. We keep all of it at MNIST's 28 x 28, small enough for a
+laptop's CPU, with a larger learning rate (measured below).
 
-Why it is the baseline: it is what generated images before diffusion models, and it makes the opposite
-trade. Sampling is one network evaluation per image (the DDPM needs T = 1000, or 50 with DDIM), but there
-is no loss that says how good the images are: the two losses only say who is winning the game, which may
-oscillate, diverge, or settle on a few kinds of digit (mode collapse). experiments.py gan measures both.
+Why it is the baseline: it is what generated images before diffusion models, and it makes the
+opposite trade. Sampling is one network evaluation per image (the DDPM needs T = 1000, or 50 with
+DDIM), but there is no loss that says how good the images are: the two losses only say who is
+winning the game, which may oscillate, diverge, or settle on a few kinds of digit (mode collapse).
+experiments.py gan measures both.
 
 Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy, loss.png,
 config.json and summary.json. Images are in [-1, 1], as in data.py and part2_diffusion.py.
@@ -36,21 +37,23 @@ import runs
 from outputs import (HelpFormatter, Progress, UserError, arg_parser, atomic_write, finite_float,
                      run_main, save_figure, save_json)
 
-# Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps). WIDTH 32 runs
-# ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in 10 minutes the small pair
-# gets ~6000 steps and FID 46, a 64-wide D its ~3000 steps and FID 60. lr 5e-4 beat the DCGAN paper's 2e-4
-# at every step count from 500 to 8000 (FID 46 against 68 at 6000), with every class present in every run.
+# Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps).
+# WIDTH 32 runs ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in
+# 10 minutes the small pair gets ~6000 steps and FID 46, a 64-wide D its ~3000 steps and FID 60.
+# lr 5e-4 beat the DCGAN paper's 2e-4 at every step count from 500 to 8000 (FID 46 against 68 at
+# 6000), with every class present in every run.
 Z_DIM = 64
-WIDTH = 32            # channels of D's first layer and G's last hidden layer; the others have 2 * WIDTH
+WIDTH = 32       # channels of D's first layer and G's last hidden layer; the others have 2 * WIDTH
 BATCH_SIZE = 64
-LR = 5e-4             # Adam with the DCGAN paper's betas; its lr, 2e-4, learns slower on this budget
+LR = 5e-4        # Adam with the DCGAN paper's betas; its lr, 2e-4, learns slower on this budget
 BETAS = (0.5, 0.999)
-STEPS = 100_000       # on a CPU, --minutes stops training first
+STEPS = 100_000  # on a CPU, --minutes stops training first
 N_SAMPLES = 64
 
 
 def generator(z_dim=Z_DIM, width=WIDTH):
-    """G: z (B, z_dim) -> image (B, 1, 28, 28) in [-1, 1]. Project to 7 x 7, then double twice: 14, 28."""
+    """G: z (B, z_dim) -> image (B, 1, 28, 28) in [-1, 1].
+    Project to 7 x 7, then double twice: 14, 28."""
     return nn.Sequential(
         nn.Linear(z_dim, 2 * width * 7 * 7), nn.Unflatten(1, (2 * width, 7, 7)),
         nn.BatchNorm2d(2 * width), nn.ReLU(),
@@ -61,8 +64,9 @@ def generator(z_dim=Z_DIM, width=WIDTH):
 
 
 def discriminator(width=WIDTH):
-    """D: image (B, 1, 28, 28) -> logit (B,), large for 'real'. Strided convolutions halve 28 -> 14 -> 7.
-    No BatchNorm: D sees real and fake batches separately, and batch statistics would tell them apart."""
+    """D: image (B, 1, 28, 28) -> logit (B,), large for 'real'.
+    Strided convolutions halve 28 -> 14 -> 7. No BatchNorm: D sees real and fake batches separately,
+    and batch statistics would tell them apart."""
     return nn.Sequential(
         nn.Conv2d(1, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),             # 28 -> 14
         nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),     # 14 -> 7
@@ -70,7 +74,8 @@ def discriminator(width=WIDTH):
 
 
 def dcgan_init(module):
-    """The DCGAN paper's initialisation: every weight ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02)."""
+    """The DCGAN paper's initialisation:
+    every weight ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02)."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         nn.init.zeros_(module.bias)
@@ -83,18 +88,24 @@ def get_args(argv=None):
     p = arg_parser(
         description="Train a DCGAN (Radford et al. 2015) on MNIST, the baseline for Part 2's DDPM.",
         formatter_class=HelpFormatter)
-    p.add_argument("--data-dir", default="data", help="where MNIST is looked for (see data.py); if it is "
-                   "missing, synthetic digits are used instead, with a warning, as in part2_diffusion.py")
-    p.add_argument("--steps", type=int, default=STEPS, help="total steps (one D and one G update each)")
+    p.add_argument("--data-dir", default="data",
+                   help="where MNIST is looked for (see data.py); if it is missing, synthetic "
+                   "digits are used instead, with a warning, as in part2_diffusion.py")
+    p.add_argument("--steps", type=int, default=STEPS,
+                   help="total steps (one D and one G update each)")
     p.add_argument("--minutes", type=finite_float, default=part2_diffusion.MINUTES,
                    help="stop training after this many minutes (the DDPM's default budget)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="real and fake images per step")
-    p.add_argument("--n", type=int, default=N_SAMPLES, help="how many images to draw after training")
-    p.add_argument("--name", default=None, help="run folder name under --runs (default: gan, gan-2, ...)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="real and fake images per step")
+    p.add_argument("--n", type=int, default=N_SAMPLES,
+                   help="how many images to draw after training")
+    p.add_argument("--name", default=None,
+                   help="run folder name under --runs (default: gan, gan-2, ...)")
     p.add_argument("--runs", default="runs", help="folder that holds the run folders")
     p.add_argument("--overwrite", action="store_true", help="allow reusing an existing run folder")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, batches, z and samples")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     return p.parse_args(argv)
 
 
@@ -107,17 +118,42 @@ def check_args(args):
         raise UserError(f"--minutes must be positive, got {args.minutes}")
 
 
+def discriminator_step(D, opt_d, x, x_fake, real, fake):
+    """One Adam step on D, with a batch of real digits x and one of G's images x_fake.
+    Returns D's loss (a float)."""
+    # D maximises log D(x) + log(1 - D(G(z))) (Goodfellow et al. 2014, Eq. 1): binary cross-entropy
+    # on the logits, with real = 1 and fake = 0. detach(): this step must not move G.
+    d_loss = F.binary_cross_entropy_with_logits(D(x), real) + \
+        F.binary_cross_entropy_with_logits(D(x_fake.detach()), fake)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    return d_loss.item()
+
+
+def generator_step(D, opt_g, x_fake, real):
+    """One Adam step on G, through D's score of G's images x_fake. Returns G's loss (a float)."""
+    # G maximises log D(G(z)) rather than minimising log(1 - D(G(z))): the same fixed point, but
+    # strong gradients early on, when D rejects G's images easily (the "non-saturating" loss, ibid.
+    # section 3).
+    g_loss = F.binary_cross_entropy_with_logits(D(x_fake), real)
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    return g_loss.item()
+
+
 def train(args, run_dir, device, overwrite=False):
     """Alternate one D step and one G step on fresh batches until --steps or --minutes runs out.
 
-    Returns G (in eval mode: BatchNorm uses its running statistics), the run's metadata, the per-step losses
-    {"d": [...], "g": [...]} and {"steps", "train_seconds"}."""
+    Returns G (in eval mode: BatchNorm uses its running statistics), the run's metadata, the
+    per-step losses {"d": [...], "g": [...]} and {"steps", "train_seconds"}."""
     torch.manual_seed(args.seed)
     images, _, used = data.load("mnist", args.data_dir, train=True, fallback=True)
     if images.shape[1:] != (1, 28, 28):
         raise UserError(f"the DCGAN draws 1 x 28 x 28 images; {used} has {tuple(images.shape[1:])}")
-    meta = dict(dataset=used, z_dim=Z_DIM, width=WIDTH, batch_size=args.batch_size, lr=LR, betas=BETAS,
-                seed=args.seed, steps=args.steps, minutes=args.minutes)
+    meta = dict(dataset=used, z_dim=Z_DIM, width=WIDTH, batch_size=args.batch_size, lr=LR,
+                betas=BETAS, seed=args.seed, steps=args.steps, minutes=args.minutes)
     if overwrite:  # as in Part 2: the earlier run's files go only now, just before the first write
         runs.clear_old_run(run_dir)
     save_json(run_dir / "config.json", meta)
@@ -134,37 +170,25 @@ def train(args, run_dir, device, overwrite=False):
     while step < args.steps and not meter.out_of_time():
         x = images[torch.randint(0, len(images), (args.batch_size,), device=device)]
         x_fake = G(torch.randn(args.batch_size, Z_DIM, device=device))
-        # D maximises log D(x) + log(1 - D(G(z))) (Goodfellow et al. 2014, Eq. 1): binary cross-entropy on
-        # the logits, with real = 1 and fake = 0. detach(): this step must not move G.
-        d_loss = F.binary_cross_entropy_with_logits(D(x), real) + \
-            F.binary_cross_entropy_with_logits(D(x_fake.detach()), fake)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        # G maximises log D(G(z)) rather than minimising log(1 - D(G(z))): the same fixed point, but strong
-        # gradients early on, when D rejects G's images easily (the "non-saturating" loss, ibid. section 3).
-        g_loss = F.binary_cross_entropy_with_logits(D(x_fake), real)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
+        history["d"].append(discriminator_step(D, opt_d, x, x_fake, real, fake))
+        history["g"].append(generator_step(D, opt_g, x_fake, real))
         step += 1
-        history["d"].append(d_loss.item())
-        history["g"].append(g_loss.item())
         if not (np.isfinite(history["d"][-1]) and np.isfinite(history["g"][-1])):
-            raise UserError(f"the losses became {history['d'][-1]} (D) and {history['g'][-1]} (G) at step {step}: "
-                            f"the weights diverged; try another --seed")
+            raise UserError(f"the losses became {history['d'][-1]} (D) and {history['g'][-1]} (G) "
+                            f"at step {step}: the weights diverged; try another --seed")
         meter.tick(f"D {np.mean(history['d'][-100:]):.3f}  G {np.mean(history['g'][-100:]):.3f}")
     meter.close()
     trained = dict(steps=step, train_seconds=meter.seconds())
-    state = dict(meta=meta, generator=G.state_dict(), discriminator=D.state_dict(), opt_g=opt_g.state_dict(),
-                 opt_d=opt_d.state_dict(), step=step, history=history)
+    state = dict(meta=meta, generator=G.state_dict(), discriminator=D.state_dict(),
+                 opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), step=step, history=history)
     atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
     return G.eval(), meta, history, trained
 
 
 @torch.no_grad()
 def sample(G, n, seed, device):
-    """n images (n, 1, 28, 28) in [-1, 1] from z ~ N(0, I), one forward pass each. Returns (images, seconds)."""
+    """n images (n, 1, 28, 28) in [-1, 1] from z ~ N(0, I), one forward pass each.
+    Returns (images, seconds)."""
     gen = torch.Generator(device).manual_seed(seed)
     start, chunks = time.time(), []
     for i in range(0, n, 256):
@@ -174,15 +198,16 @@ def sample(G, n, seed, device):
 
 
 def loss_figure(history, path):
-    """D's and G's losses against the step, each with a running mean; dotted: their values at equilibrium."""
+    """D's and G's losses against the step, each with a running mean;
+    dotted: their values at equilibrium."""
     import matplotlib.pyplot as plt  # here, after plots.py has chosen the file-only backend
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = np.arange(1, len(history["d"]) + 1)
     k = min(100, max(1, len(steps) // 10))
     for key, label, eq, colour in [("d", "D", 2 * np.log(2), "C0"), ("g", "G", np.log(2), "C1")]:
         ax.plot(steps, history[key], lw=0.5, alpha=0.3, color=colour)
-        ax.plot(steps[k - 1:], np.convolve(history[key], np.ones(k) / k, mode="valid"), color=colour,
-                label=f"{label} loss (mean of {k} steps)")
+        ax.plot(steps[k - 1:], np.convolve(history[key], np.ones(k) / k, mode="valid"),
+                color=colour, label=f"{label} loss (mean of {k} steps)")
         ax.axhline(eq, ls=":", color=colour, lw=1)
     ax.set_xlabel("training step")
     ax.set_ylabel("binary cross-entropy (nats)")
@@ -211,7 +236,8 @@ def run(args):
     samples, seconds = sample(G, args.n, args.seed, device)
     atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, samples.numpy().astype(np.float32)))
     plots.sample_grid(samples[:256], out / "samples.png",
-                      f"{min(args.n, 256)} DCGAN samples ({meta['dataset']}, step {trained['steps']})")
+                      f"{min(args.n, 256)} DCGAN samples ({meta['dataset']}, "
+                      f"step {trained['steps']})")
     summary = dict(trained, dataset=meta["dataset"], n=args.n, seed=args.seed, sampling_steps=1,
                    sampling_seconds=round(seconds, 2),
                    final_d_loss=round(float(np.mean(history["d"][-100:])), 4),

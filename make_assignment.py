@@ -1,28 +1,31 @@
 """Make the student edition of the lab: the same files, with each exercise's solution taken out.
 
-    python make_assignment.py ../lab-student               # write the student edition there
-    python make_assignment.py ../lab-student --force       # ... even though that folder is not empty
-    python make_assignment.py ../lab-week2 --exercises 3 4 # take out only exercises 3 and 4
+    python make_assignment.py ../lab-student          # write the student edition there
+    python make_assignment.py ../lab-student --force  # ... even though that folder is not empty
+    python make_assignment.py ../lab-week2 --exercises 3 4  # take out only exercises 3 and 4
 
-An exercise is a region of the reference code between two comment lines, the first followed by a hint:
+An exercise is a region of the reference code between two comment lines, the first followed by
+a hint:
 
-        # BEGIN EXERCISE 4: the forward process q(x_t | x_0)
-        # HINT: Eq. 9; self._at(table, t, x0) is table[t], shaped to broadcast against x0
-        return (...)                     <- the solution: every line up to END
-        # END EXERCISE
+    # BEGIN EXERCISE 4: the forward process q(x_t | x_0)
+    # HINT: Eq. 9; self._at(table, t, x0) is table[t], shaped to broadcast against x0
+    return (...)                     <- the solution: every line up to END
+    # END EXERCISE
 
-The edition keeps the three comment lines and puts in place of the solution, at the indentation of BEGIN,
+The edition keeps the three comment lines and puts in place of the solution, at the indentation
+of BEGIN,
 
-        raise NotImplementedError("Exercise 4: Eq. 9; self._at(table, t, x0) is table[t], shaped to ...")
+    raise NotImplementedError("Exercise 4: Eq. 9; self._at(table, t, x0) is table[t], shaped ...")
 
-so an unfinished exercise fails its tests with its own message. Everything else is copied unchanged: the
-modules, tests/ (with the grading plugin, tests/conftest.py, and the stored numbers the graded tests compare
-with, tests/reference_values.json), pytest.ini, requirements.txt, .gitignore, the reference checkpoint, and
-README.md and HANDOUT.md without their instructors' blocks (the lines from `<!-- BEGIN INSTRUCTORS -->` to
-`<!-- END INSTRUCTORS -->`). Left behind: this script and its test, tests/test_assignment.py, bench.py,
-tests/test_reference_values.py (it writes the exercises' formulas out), and the documents with answers or
-measured results (LAB.md, INSTRUCTORS.md, BENCHMARKS.md, figures/). Tests say which exercise they grade with
-@pytest.mark.exN (see tests/conftest.py); students run `python -m pytest --grade`.
+so an unfinished exercise fails its tests with its own message. Everything else is copied unchanged:
+the modules, tests/ (with the grading plugin, tests/conftest.py, and the stored numbers the graded
+tests compare with, tests/reference_values.json), pytest.ini, requirements.txt, .gitignore, the
+reference checkpoint, and README.md and HANDOUT.md without their instructors' blocks (the lines from
+`<!-- BEGIN INSTRUCTORS -->` to `<!-- END INSTRUCTORS -->`). Left behind: this script and its test,
+tests/test_assignment.py, bench.py, tests/test_reference_values.py (it writes the exercises'
+formulas out), and the documents with answers or measured results (LAB.md, INSTRUCTORS.md,
+BENCHMARKS.md, figures/). Tests say which exercise they grade with @pytest.mark.exN (see
+tests/conftest.py); students run `python -m pytest --grade`.
 
 The exercise numbers are fixed, so that adding an exercise never renumbers another:
      1  Part 1: the 1-3-3-1 MLP                           part1_inversion.py   make_mlp
@@ -50,20 +53,22 @@ from outputs import UserError, arg_parser, atomic_write, check_writable, run_mai
 SOURCE = Path(__file__).resolve().parent
 TOP_FILES = ("README.md", "HANDOUT.md", "requirements.txt", "pytest.ini", ".gitignore",
              "reference/checkpoint.pt", "tests/reference_values.json")
-# Left out: the answers (LAB.md), the grading manual (INSTRUCTORS.md), the measured tables and their
-# figures (BENCHMARKS.md, figures/: they answer the discussion questions), the maintainer's tools, and the
-# tests that spell the exercises' formulas out (tests/test_reference_values.py, which makes the stored
-# numbers the graded tests compare with).
+# Left out: the answers (LAB.md), the grading manual (INSTRUCTORS.md), the measured tables and
+# their figures (BENCHMARKS.md, figures/: they answer the discussion questions), the maintainer's
+# tools, and the tests that spell the exercises' formulas out (tests/test_reference_values.py, which
+# makes the stored numbers the graded tests compare with).
 INSTRUCTORS_ONLY = ("make_assignment.py", "bench.py", "tests/test_assignment.py",
                     "tests/test_reference_values.py")
-# Lines of a markdown file from BEGIN to END (both included) are for instructors: the edition drops them.
+# Lines of a markdown file from BEGIN to END (both included) are for instructors: the edition drops
+# them.
 INSTRUCTORS_BLOCK = re.compile(r"^<!-- BEGIN INSTRUCTORS -->\n.*?^<!-- END INSTRUCTORS -->\n",
                                re.MULTILINE | re.DOTALL)
 
 BEGIN = re.compile(r"# BEGIN EXERCISE (\d+): (\S.*)")
 HINT = re.compile(r"# HINT: (\S.*)")
 END = re.compile(r"# END EXERCISE")
-MARKER = re.compile(r"#\s*(BEGIN|END)\s+EXERCISE\b", re.IGNORECASE)  # must then be one of the two above
+MARKER = re.compile(r"#\s*(BEGIN|END)\s+EXERCISE\b",
+                    re.IGNORECASE)  # must then be one of the two above
 
 # begin, end: 0-based indices of the BEGIN and END lines; the solution is lines[begin + 2:end]
 Region = namedtuple("Region", "number title hint indent begin end")
@@ -72,7 +77,8 @@ Region = namedtuple("Region", "number title hint indent begin end")
 def edition_files(src):
     """The files of the student edition, as paths relative to the folder `src`."""
     files = [Path(name) for name in TOP_FILES if (src / name).is_file()]
-    files += [path.relative_to(src) for path in sorted(src.glob("*.py")) + sorted(src.glob("tests/*.py"))]
+    files += [path.relative_to(src)
+              for path in sorted(src.glob("*.py")) + sorted(src.glob("tests/*.py"))]
     return [f for f in files if f.as_posix() not in INSTRUCTORS_ONLY]
 
 
@@ -84,8 +90,8 @@ def for_students(text):
 def find_regions(name, text):
     """The exercise regions of the Python source `text` (of file `name`), in order.
 
-    Raises UserError, naming the file and line, for a marker that is malformed, unbalanced, nested, not
-    followed by a hint, or outside a function (there its `raise` would run on import)."""
+    Raises UserError, naming the file and line, for a marker that is malformed, unbalanced, nested,
+    not followed by a hint, or outside a function (there its `raise` would run on import)."""
     if not MARKER.search(text):
         return []  # most files: no need to tokenize them
     try:
@@ -106,34 +112,40 @@ def find_regions(name, text):
             continue
         if m := BEGIN.fullmatch(comment):
             if begin:
-                raise UserError(f"{where}: BEGIN EXERCISE {m[1]} inside exercise {begin.number} (begun at line "
-                                f"{begin.begin + 1}); exercises cannot nest")
+                raise UserError(f"{where}: BEGIN EXERCISE {m[1]} inside exercise {begin.number} "
+                                f"(begun at line {begin.begin + 1}); exercises cannot nest")
             hint = HINT.fullmatch(lines[i + 1].strip()) if i + 1 < len(lines) else None
             if not hint:
-                raise UserError(f"{where}: BEGIN EXERCISE {m[1]} must be followed by a '# HINT: ...' line")
+                raise UserError(f"{where}: BEGIN EXERCISE {m[1]} must be followed by "
+                                "a '# HINT: ...' line")
             begin = Region(int(m[1]), m[2], hint[1], indent, i, None)
         elif END.fullmatch(comment):
             if not begin:
                 raise UserError(f"{where}: END EXERCISE without a BEGIN EXERCISE before it")
             if indent != begin.indent:
-                raise UserError(f"{where}: END EXERCISE is not indented like its BEGIN (line {begin.begin + 1})")
-            code = [k for k in range(begin.begin + 2, i) if lines[k].strip() and not lines[k].strip().startswith("#")]
+                raise UserError(f"{where}: END EXERCISE is not indented like its BEGIN "
+                                f"(line {begin.begin + 1})")
+            code = [k for k in range(begin.begin + 2, i)
+                    if lines[k].strip() and not lines[k].strip().startswith("#")]
             if not code:
-                raise UserError(f"{where}: exercise {begin.number} has no code between its HINT and END lines")
+                raise UserError(f"{where}: exercise {begin.number} has no code between its HINT "
+                                "and END lines")
             outside = [k for k in code if len(lines[k]) - len(lines[k].lstrip()) < len(indent)]
             if outside:
-                raise UserError(f"{name}:{outside[0] + 1}: this line of exercise {begin.number} is indented less "
-                                f"than its BEGIN (line {begin.begin + 1}); a region must stay inside one block")
+                raise UserError(f"{name}:{outside[0] + 1}: this line of exercise {begin.number} "
+                                f"is indented less than its BEGIN (line {begin.begin + 1}); "
+                                "a region must stay inside one block")
             if not any(first < code[0] + 1 <= last for first, last in functions):
-                raise UserError(f"{name}:{begin.begin + 1}: exercise {begin.number} is not inside a function; its "
-                                "`raise` would run on import")
+                raise UserError(f"{name}:{begin.begin + 1}: exercise {begin.number} is not inside "
+                                "a function; its `raise` would run on import")
             regions.append(begin._replace(end=i))
             begin = None
         else:
-            raise UserError(f"{where}: malformed exercise marker {comment!r}; write '# BEGIN EXERCISE N: title' "
-                            "or '# END EXERCISE'")
+            raise UserError(f"{where}: malformed exercise marker {comment!r}; "
+                            "write '# BEGIN EXERCISE N: title' or '# END EXERCISE'")
     if begin:
-        raise UserError(f"{name}:{begin.begin + 1}: BEGIN EXERCISE {begin.number} has no END EXERCISE")
+        raise UserError(f"{name}:{begin.begin + 1}: BEGIN EXERCISE {begin.number} "
+                        "has no END EXERCISE")
     return regions
 
 
@@ -141,7 +153,8 @@ def replace_bodies(name, text, bodies):
     """`text` with the solution of each exercise n in `bodies` replaced by the lines bodies[n]."""
     lines, out, done = text.splitlines(keepends=True), [], 0
     for r in find_regions(name, text):
-        out += lines[done:r.begin + 2] + (bodies[r.number] if r.number in bodies else lines[r.begin + 2:r.end])
+        solution = lines[r.begin + 2:r.end]
+        out += lines[done:r.begin + 2] + bodies.get(r.number, solution)
         done = r.end
     return "".join(out + lines[done:])
 
@@ -162,17 +175,21 @@ def unfinished(region):
 def make_edition(src, out, force=False, exercises=None):
     """Write the student edition of the reference tree `src` into the folder `out`.
 
-    Takes out the exercises numbered in `exercises` (default: all). Everything is checked before anything is
-    written. Returns the exercises taken out, as (number, "file:line", title), in number order."""
+    Takes out the exercises numbered in `exercises` (default: all). Everything is checked before
+    anything is written. Returns the exercises taken out, as (number, "file:line", title), in number
+    order."""
     src, out = Path(src).resolve(), Path(out).resolve()
     if out == src or src in out.parents:
-        raise UserError(f"the output folder {out} lies inside the source tree {src}; choose a folder outside it")
+        raise UserError(f"the output folder {out} lies inside the source tree {src}; "
+                        "choose a folder outside it")
     if out in src.parents:
-        raise UserError(f"the output folder {out} holds the source tree {src}; choose a folder outside it")
+        raise UserError(f"the output folder {out} holds the source tree {src}; "
+                        "choose a folder outside it")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder; choose a folder for the student edition")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} is not empty; choose an empty folder, or add --force to write the edition over it")
+        raise UserError(f"{out} is not empty; choose an empty folder, "
+                        "or add --force to write the edition over it")
 
     files, found = {}, {}
     for rel in edition_files(src):
@@ -181,8 +198,8 @@ def make_edition(src, out, force=False, exercises=None):
             for r in find_regions(rel.as_posix(), files[rel].decode()):
                 where = f"{rel.as_posix()}:{r.begin + 1}"
                 if r.number in found:
-                    raise UserError(f"{where}: exercise {r.number} is already used at {found[r.number][0]}; "
-                                    "give each exercise its own number")
+                    raise UserError(f"{where}: exercise {r.number} is already used at "
+                                    f"{found[r.number][0]}; give each exercise its own number")
                 found[r.number] = (where, r)
     wanted = set(found) if exercises is None else set(exercises)
     if wanted - set(found):
@@ -194,12 +211,14 @@ def make_edition(src, out, force=False, exercises=None):
             files[rel] = for_students(data.decode()).encode()
         if rel.suffix == ".py":
             name, text = rel.as_posix(), data.decode()
-            bodies = {r.number: unfinished(r) for r in find_regions(name, text) if r.number in wanted}
+            bodies = {r.number: unfinished(r) for r in find_regions(name, text)
+                      if r.number in wanted}
             files[rel] = replace_bodies(name, text, bodies).encode()
             try:
                 compile(files[rel], name, "exec")
             except SyntaxError as e:
-                raise UserError(f"{name}:{e.lineno}: the student edition of this file would not compile ({e.msg})")
+                raise UserError(f"{name}:{e.lineno}: the student edition of this file "
+                                f"would not compile ({e.msg})")
 
     check_writable(out, "OUT_DIR")  # a read-only place fails here, before the first file is written
     for rel, data in files.items():
@@ -209,14 +228,17 @@ def make_edition(src, out, force=False, exercises=None):
 
 def main(argv=None):
     parser = arg_parser(
-        description="Write the student edition of the lab: the same files, with the solution of each exercise "
-                    "(a region between '# BEGIN EXERCISE N' and '# END EXERCISE') replaced by a NotImplementedError.")
-    parser.add_argument("out", metavar="OUT_DIR", help="the folder to write the edition to (outside this one)")
+        description="Write the student edition of the lab: the same files, with the solution of "
+                    "each exercise (a region between '# BEGIN EXERCISE N' and '# END EXERCISE') "
+                    "replaced by a NotImplementedError.")
+    parser.add_argument("out", metavar="OUT_DIR",
+                        help="the folder to write the edition to (outside this one)")
     parser.add_argument("--force", action="store_true",
-                        help="write into OUT_DIR even if it is not empty: the edition's files are replaced, "
-                             "other files there are left alone")
+                        help="write into OUT_DIR even if it is not empty: the edition's files are "
+                             "replaced, other files there are left alone")
     parser.add_argument("--exercises", type=int, nargs="+", metavar="N",
-                        help="take out only these exercises (default: all); the others keep their solution")
+                        help="take out only these exercises (default: all); the others keep their "
+                             "solution")
     args = parser.parse_args(argv)
     taken_out = make_edition(SOURCE, args.out, force=args.force, exercises=args.exercises)
     print(f"wrote the student edition to {Path(args.out).resolve()}; exercises taken out:")

@@ -1,26 +1,32 @@
 """Sample quality, measured: Frechet distance, precision and recall, and class coverage.
 
-    python metrics.py runs/<name>/samples.npy     # the scores for a set of generated digits
-    python metrics.py --calibrate                 # the same scores for real, noisy, blurred and noise images
+    python metrics.py runs/<name>/samples.npy  # the scores for a set of generated digits
+    python metrics.py --calibrate              # the same scores for real, noisy, blurred
+                                               # and noise images
 
-FID (Heusel et al. 2017) compares two sets of images through the features of a network trained on real
-images: usually Inception-v3, a 100 MB download that has never seen a handwritten digit. Here a small CNN
-is trained on MNIST instead (once, a minute or two on a CPU, seeded), cached next to the data, and its
-penultimate layer plays Inception's part. Our FIDs are therefore comparable with each other, at the same
-N, and NOT with the FIDs printed in papers. `metrics.py --calibrate` shows what a value means: the
-same scores for real, noisy, blurred and pure-noise images.
+FID (Heusel et al. 2017) compares two sets of images through the features of a network trained on
+real images: usually Inception-v3, a 100 MB download that has never seen a handwritten digit. Here a
+small CNN is trained on MNIST instead (once, a minute or two on a CPU, seeded), cached next to the
+data, and its penultimate layer plays Inception's part. Our FIDs are therefore comparable with each
+other, at the same N, and NOT with the FIDs printed in papers. `metrics.py --calibrate` shows what a
+value means: the same scores for real, noisy, blurred and pure-noise images.
 
 The scores, for N generated images against the 10,000 real MNIST test digits:
-    FID         Frechet distance between Gaussians fitted to the two sets of features. 0 for identical
-                distributions; biased upward for small N, so compare values at the same N only.
-    precision   the fraction of generated images that land on the real images' manifold (are they good?)
-    recall      the fraction of real images that land on the generated images' manifold (is everything
-                there?). Both from Kynkaanniemi et al. 2019, with k = 3 nearest neighbours. In this
-                feature space precision cannot tell weak images from good ones (the calibration shows
-                pure noise at 0.99): read it next to FID and recall, never alone.
-    KL          KL(histogram of predicted classes || uniform), in nats: 0 when the ten digits appear
-                equally often, log 10 = 2.30 when every sample is the same digit (mode collapse).
-    confidence  the classifier's mean top-class probability: how clearly each sample is *some* digit.
+    FID         Frechet distance between Gaussians fitted to the two sets of features. 0 for
+                identical distributions; biased upward for small N, so compare values at the same
+                N only.
+    precision   the fraction of generated images that land on the real images' manifold (are they
+                good?)
+    recall      the fraction of real images that land on the generated images' manifold (is
+                everything there?). Both from Kynkaanniemi et al. 2019, with k = 3 nearest
+                neighbours. In this feature space precision cannot tell weak images from good ones
+                (the calibration shows pure noise at 0.99): read it next to FID and recall, never
+                alone.
+    KL          KL(histogram of predicted classes || uniform), in nats: 0 when the ten digits
+                appear equally often, log 10 = 2.30 when every sample is the same digit (mode
+                collapse).
+    confidence  the classifier's mean top-class probability: how clearly each sample is *some*
+                digit.
 
 The classifier (make_classifier: two 3x3 conv layers, 16 and 32 channels, then 128 features and 10
 classes) learns from MNIST's train[:50000] (3 epochs, seed 0) and is cached as
@@ -52,15 +58,16 @@ import torch.nn.functional as F
 import data
 from outputs import UserError, arg_parser, atomic_write, check_writable, run_main, save_json
 
-# The classifier learns from train[:50000]; train[50000:] is held out (the classic 50k/10k split), so the
-# calibration's "real" row uses digits that neither the classifier nor the FID reference has seen.
+# The classifier learns from train[:50000]; train[50000:] is held out (the classic 50k/10k split),
+# so the calibration's "real" row uses digits that neither the classifier nor the FID reference has
+# seen.
 N_CLASSIFIER_TRAIN = 50_000
 EPOCHS = 3
 BATCH = 64
-MAX_LR = 3e-3            # peak of the one-cycle learning rate (Smith 2018): about 99% in three epochs
+MAX_LR = 3e-3         # peak of the one-cycle learning rate (Smith 2018): about 99% in three epochs
 SEED = 0
-K = 3                    # nearest neighbours for precision and recall, as in Kynkaanniemi et al.
-N_CALIBRATION = 1000     # the N of the calibration table (--calibrate) and of the Part 2 quality bar
+K = 3                 # nearest neighbours for precision and recall, as in Kynkaanniemi et al.
+N_CALIBRATION = 1000  # the N of the calibration table (--calibrate) and of the Part 2 quality bar
 CLASSIFIER_FILE = "mnist-classifier.pt"
 
 
@@ -69,8 +76,9 @@ CLASSIFIER_FILE = "mnist-classifier.pt"
 def make_classifier():
     """A small CNN: (N, 1, 28, 28) digits in [-1, 1] -> (N, 10) logits.
 
-    classifier[:-1] stops one layer early and gives the (N, 128) features that FID and precision/recall
-    are computed on (Inception's pool features play the same part in the usual FID)."""
+    classifier[:-1] stops one layer early and gives the (N, 128) features that FID and
+    precision/recall are computed on (Inception's pool features play the same part in the usual
+    FID)."""
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # (N, 16, 14, 14)
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # (N, 32, 7, 7)
@@ -88,7 +96,8 @@ def train_classifier(images, labels, epochs=EPOCHS, seed=SEED, log=print):
     model = make_classifier()
     opt = torch.optim.Adam(model.parameters())
     steps_per_epoch = math.ceil(len(images) / BATCH)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=MAX_LR, total_steps=epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=MAX_LR,
+                                                total_steps=epochs * steps_per_epoch)
     shuffle = torch.Generator().manual_seed(seed)
     model.train()
     start = time.time()
@@ -130,18 +139,20 @@ def accuracy(classifier, images, labels):
 
 
 def load_mnist(data_dir, train, need="the metrics need real MNIST"):
-    """Real MNIST from data.py, or a UserError saying what needed it and where it was looked for. Never the
-    synthetic fallback digits: a yardstick made of them would measure the wrong thing."""
+    """Real MNIST from data.py, or a UserError saying what needed it and where it was looked for.
+    Never the synthetic fallback digits: a yardstick made of them would measure the wrong thing."""
     try:
-        images, labels, _ = data.load("mnist", data_dir, train=train, download=False, fallback=False)
+        images, labels, _ = data.load("mnist", data_dir, train=train, download=False,
+                                      fallback=False)
     except data.DataError as e:
         raise UserError(f"{need}: {e}") from None
     return torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(labels)
 
 
 def load_or_train_classifier(data_dir="data", path=None, log=print):
-    """The cached classifier at `path` (default <data_dir>/mnist-classifier.pt), trained and saved first
-    if it is missing. Returns (model, info); info records what it was trained on and its test accuracy."""
+    """The cached classifier at `path` (default <data_dir>/mnist-classifier.pt), trained and saved
+    first if it is missing. Returns (model, info); info records what it was trained on and its test
+    accuracy."""
     path = Path(path) if path else Path(data_dir) / CLASSIFIER_FILE
     if path.exists():
         try:
@@ -163,29 +174,33 @@ def load_or_train_classifier(data_dir="data", path=None, log=print):
     train_x, train_y = load_mnist(data_dir, train=True, need=need)
     test_x, test_y = load_mnist(data_dir, train=False, need=need)
     n = min(N_CLASSIFIER_TRAIN, len(train_x))
-    log(f"no classifier at {path}: training one on MNIST train[:{n}] ({EPOCHS} epochs, seed {SEED})")
+    log(f"no classifier at {path}: training one on MNIST train[:{n}] "
+        f"({EPOCHS} epochs, seed {SEED})")
     model = train_classifier(train_x[:n], train_y[:n], log=log)
     info = {"trained_on": f"MNIST train[:{n}] from {data_dir}, {EPOCHS} epochs, seed {SEED}",
             "n_train": n, "test_accuracy": accuracy(model, test_x, test_y), "n_test": len(test_x)}
     atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), **info}, tmp))
-    log(f"classifier test accuracy: {info['test_accuracy']:.2%} on {info['n_test']} MNIST test digits; "
-        f"saved to {path}")
+    log(f"classifier test accuracy: {info['test_accuracy']:.2%} on {info['n_test']} MNIST test "
+        f"digits; saved to {path}")
     return model, info
 
 
-# --- the scores ------------------------------------------------------------------------------------
+# --- the scores -----------------------------------------------------------------------------------
 
 def gaussian_fit(feats):
-    """(N, D) features -> mean (D,) and covariance (D, D), float64 (the unbiased 1/(N-1) estimate)."""
+    """(N, D) features -> mean (D,) and covariance (D, D), float64 (the unbiased 1/(N-1)
+    estimate)."""
     feats = np.asarray(feats, dtype=np.float64)
     if feats.ndim != 2 or len(feats) < 2:
-        raise ValueError(f"need an (N, D) array with N >= 2 to fit a Gaussian; got shape {feats.shape}")
+        raise ValueError(f"need an (N, D) array with N >= 2 to fit a Gaussian; "
+                         f"got shape {feats.shape}")
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
 def _sqrtm_psd(c):
-    """Square root of a symmetric positive semi-definite matrix, by eigendecomposition: V sqrt(W) V^T.
-    Eigenvalues a hair below zero (round-off in a singular covariance) are set to zero."""
+    """Square root of a symmetric positive semi-definite matrix, by eigendecomposition:
+    V sqrt(W) V^T. Eigenvalues a hair below zero (round-off in a singular covariance) are set to
+    zero."""
     w, v = np.linalg.eigh((c + c.T) / 2)
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
@@ -197,14 +212,14 @@ def frechet_distance(mu1, cov1, mu2, cov2):
 
     C1 C2 is not symmetric, but with S = C1^(1/2) it has the same eigenvalues as S C2 S, which is
     symmetric and positive semi-definite (AB and BA share their eigenvalues; take A = S, B = S C2).
-    So Tr((C1 C2)^(1/2)) = sum_i sqrt(lambda_i(S C2 S)), and both steps use eigh: real, stable, no scipy.
-    This is the number called FID when the features are a classifier's."""
+    So Tr((C1 C2)^(1/2)) = sum_i sqrt(lambda_i(S C2 S)), and both steps use eigh: real, stable, no
+    scipy. This is the number called FID when the features are a classifier's."""
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     cov1, cov2 = np.asarray(cov1, dtype=np.float64), np.asarray(cov2, dtype=np.float64)
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
-        raise ValueError(f"need means of shape (D,) and covariances (D, D); got {mu1.shape}, {cov1.shape}, "
-                         f"{mu2.shape}, {cov2.shape}")
+        raise ValueError(f"need means of shape (D,) and covariances (D, D); "
+                         f"got {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}")
     s1 = _sqrtm_psd(cov1)
     m = s1 @ cov2 @ s1
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
@@ -220,7 +235,8 @@ def _distances(a, b):
 def _knn_radii(points, k, chunk=1000):
     """(n, D) -> (n,): the distance from each point to its k-th nearest neighbour in the same set.
     Each point is its own nearest neighbour (distance 0), hence the (k + 1)-th smallest distance."""
-    return torch.cat([_distances(c, points).kthvalue(k + 1, dim=1).values for c in points.split(chunk)])
+    return torch.cat([_distances(c, points).kthvalue(k + 1, dim=1).values
+                      for c in points.split(chunk)])
 
 
 def _fraction_inside(queries, centres, radii, chunk=1000):
@@ -238,8 +254,8 @@ def precision_recall(real_feats, fake_feats, k=K):
     real = torch.as_tensor(np.asarray(real_feats), dtype=torch.float64)
     fake = torch.as_tensor(np.asarray(fake_feats), dtype=torch.float64)
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision and recall with k = {k} need more than {k} points in each set; "
-                         f"got {len(real)} real and {len(fake)} generated")
+        raise ValueError(f"precision and recall with k = {k} need more than {k} points in each "
+                         f"set; got {len(real)} real and {len(fake)} generated")
     precision = _fraction_inside(fake, real, _knn_radii(real, k))
     recall = _fraction_inside(real, fake, _knn_radii(fake, k))
     return precision, recall
@@ -255,25 +271,27 @@ def kl_from_uniform(counts):
 def as_images(samples):
     """Samples -> float32 tensor (N, 1, 28, 28) in [-1, 1], or a ValueError saying what is wrong.
 
-    Accepted: (N, 1, 28, 28) or (N, 28, 28); float in [-1, 1] (what part2_diffusion.py writes), or uint8
-    in 0..255. Values within 1e-3 outside [-1, 1] are round-off and are clipped."""
+    Accepted: (N, 1, 28, 28) or (N, 28, 28); float in [-1, 1] (what part2_diffusion.py writes), or
+    uint8 in 0..255. Values within 1e-3 outside [-1, 1] are round-off and are clipped."""
     x = samples.detach().cpu().numpy() if torch.is_tensor(samples) else np.asarray(samples)
     shape = x.shape
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-        raise ValueError(f"samples have shape {shape}; expected (N, 1, 28, 28) or (N, 28, 28) digits")
+        raise ValueError(f"samples have shape {shape}; "
+                         f"expected (N, 1, 28, 28) or (N, 28, 28) digits")
     if len(x) == 0:
         raise ValueError("there are no samples (N = 0)")
     if x.dtype == np.uint8:
         return torch.from_numpy(x.astype(np.float32) / 127.5 - 1)
     if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"samples have dtype {x.dtype}; expected floats in [-1, 1] or uint8 in 0..255")
+        raise ValueError(f"samples have dtype {x.dtype}; "
+                         f"expected floats in [-1, 1] or uint8 in 0..255")
     if not np.isfinite(x).all():
         raise ValueError("samples contain NaN or infinity")
     if x.min() < -1.001 or x.max() > 1.001:
-        raise ValueError(f"samples range from {x.min():.4g} to {x.max():.4g}; floats must lie in [-1, 1] "
-                         f"(uint8 images in 0..255 are accepted too)")
+        raise ValueError(f"samples range from {x.min():.4g} to {x.max():.4g}; "
+                         f"floats must lie in [-1, 1] (uint8 images in 0..255 are accepted too)")
     return torch.from_numpy(np.clip(x, -1, 1).astype(np.float32))
 
 
@@ -289,7 +307,8 @@ def evaluate(samples, classifier, real_test_images, k=K, seed=SEED):
 def scores(classifier, images, real_feats, k=K, seed=SEED):
     """evaluate(), given the (M, D) features of the real test images (calibration reuses them)."""
     if len(images) <= k:
-        raise ValueError(f"need more than {k} samples for precision and recall (k = {k}); got {len(images)}")
+        raise ValueError(f"need more than {k} samples for precision and recall (k = {k}); "
+                         f"got {len(images)}")
     fake_feats, probs = features(classifier, images), predict(classifier, images)
     pick = np.random.default_rng(seed).permutation(len(real_feats))[:len(images)]
     precision, recall = precision_recall(real_feats[pick], fake_feats, k)
@@ -301,11 +320,11 @@ def scores(classifier, images, real_feats, k=K, seed=SEED):
             "confidence": float(probs.max(axis=1).mean())}
 
 
-# --- calibration: what the numbers mean --------------------------------------------------------------
+# --- calibration: what the numbers mean -----------------------------------------------------------
 
 def box_blur(images):
-    """3x3 box blur: each pixel becomes the mean of its 3x3 neighbourhood; the border is padded with -1
-    (MNIST's black background), so blurring does not brighten the edges. (N, 1, H, W) -> same."""
+    """3x3 box blur: each pixel becomes the mean of its 3x3 neighbourhood; the border is padded with
+    -1 (MNIST's black background), so blurring does not brighten the edges. (N, 1, H, W) -> same."""
     return F.avg_pool2d(F.pad(images, (1, 1, 1, 1), value=-1.0), kernel_size=3, stride=1)
 
 
@@ -342,16 +361,19 @@ def calibrate(classifier, train_x, train_y, test_x, n=N_CALIBRATION):
 
 def format_table(rows):
     """[(name, scores)] -> the table the CLI prints."""
-    head = f"{'':36s} {'N':>5s} {'FID':>8s} {'prec.':>6s} {'recall':>6s} {'KL(U)':>6s} {'class':>5s} {'conf.':>6s}"
+    head = (f"{'':36s} {'N':>5s} {'FID':>8s} {'prec.':>6s} {'recall':>6s} {'KL(U)':>6s} "
+            f"{'class':>5s} {'conf.':>6s}")
     lines = [head]
     for name, f in rows:
-        lines.append(f"{name:36s} {f['n']:5d} {f['fid']:8.2f} {f['precision']:6.3f} {f['recall']:6.3f} "
-                     f"{f['kl_uniform']:6.3f} {f['classes_present']:5d} {f['confidence']:6.3f}")
+        lines.append(f"{name:36s} {f['n']:5d} {f['fid']:8.2f} {f['precision']:6.3f} "
+                     f"{f['recall']:6.3f} {f['kl_uniform']:6.3f} {f['classes_present']:5d} "
+                     f"{f['confidence']:6.3f}")
     return "\n".join(lines)
 
 
 def load_samples(path):
-    """Read a .npy file of samples (see as_images for the formats), or raise a one-line UserError."""
+    """Read a .npy file of samples (see as_images for the formats), or raise a one-line
+    UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
@@ -368,41 +390,58 @@ def load_samples(path):
     except ValueError as e:
         raise UserError(f"{path}: {e}") from None
     if np.issubdtype(array.dtype, np.floating) and array.min() >= 0:
-        # Digits in [-1, 1] always have black (-1) background pixels; none at all means [0, 1] images.
-        raise UserError(f"{path} looks like images in [0, 1]; the lab's images are in [-1, 1] (save 2 * x - 1)")
+        # Digits in [-1, 1] always have black (-1) background pixels; none at all means [0, 1]
+        # images.
+        raise UserError(f"{path} looks like images in [0, 1]; "
+                        f"the lab's images are in [-1, 1] (save 2 * x - 1)")
     if len(images) <= K:
-        raise UserError(f"{path}: holds {len(images)} samples; precision and recall (k = {K}) need more than {K}")
+        raise UserError(f"{path}: holds {len(images)} samples; "
+                        f"precision and recall (k = {K}) need more than {K}")
     return images
 
 
-def main(argv=None):
+def get_args(argv=None):
     parser = arg_parser(
         description="Sample-quality scores in the feature space of a small MNIST classifier.",
-        epilog="SAMPLES is a .npy array of digits: float (N, 1, 28, 28) or (N, 28, 28) in [-1, 1] (as "
-               "part2_diffusion.py writes them), or uint8 in 0..255. The classifier is trained on first "
-               "use (a minute or two) and cached; FID and N depend on each other, so compare at equal N.")
+        epilog="SAMPLES is a .npy array of digits: float (N, 1, 28, 28) or (N, 28, 28) in [-1, 1] "
+               "(as part2_diffusion.py writes them), or uint8 in 0..255. The classifier is trained "
+               "on first use (a minute or two) and cached; FID and N depend on each other, so "
+               "compare at equal N.")
     parser.add_argument("samples", nargs="?", help="samples.npy to evaluate")
     parser.add_argument("--calibrate", action="store_true",
-                        help="print the scores for real, noisy, blurred and pure-noise images instead")
-    parser.add_argument("--n", type=int, default=N_CALIBRATION, help="images per calibration row (%(default)s)")
-    parser.add_argument("--data-dir", default="data", help="folder with the MNIST files (%(default)s)")
+                        help="print the scores for real, noisy, blurred and pure-noise images "
+                        "instead")
+    parser.add_argument("--n", type=int, default=N_CALIBRATION,
+                        help="images per calibration row (%(default)s)")
+    parser.add_argument("--data-dir", default="data",
+                        help="folder with the MNIST files (%(default)s)")
     parser.add_argument("--classifier", metavar="PATH",
-                        help=f"cached classifier (default: DATA_DIR/{CLASSIFIER_FILE}; trained if missing)")
+                        help=f"cached classifier (default: DATA_DIR/{CLASSIFIER_FILE}; "
+                        "trained if missing)")
     parser.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
     if args.calibrate == (args.samples is not None):
         parser.error("give either SAMPLES or --calibrate")
+    return args
+
+
+def main(argv=None):
+    args = get_args(argv)
     if args.calibrate and args.n < K + 1:
-        raise UserError(f"--n must be at least {K + 1} (precision and recall use k = {K}); got {args.n}")
+        raise UserError(f"--n must be at least {K + 1} (precision and recall use k = {K}); "
+                        f"got {args.n}")
     if args.json:
         check_writable(Path(args.json).parent, "--json")
     samples = None if args.calibrate else load_samples(args.samples)
 
     classifier, _ = load_or_train_classifier(args.data_dir, args.classifier)
-    test_x, _ = load_mnist(args.data_dir, train=False, need="the FID reference is the real MNIST test set")
-    print(f"FID reference: {len(test_x)} MNIST test digits; precision/recall: k = {K}, against N of them")
+    test_x, _ = load_mnist(args.data_dir, train=False,
+                           need="the FID reference is the real MNIST test set")
+    print(f"FID reference: {len(test_x)} MNIST test digits; "
+          f"precision/recall: k = {K}, against N of them")
     if args.calibrate:
-        train_x, train_y = load_mnist(args.data_dir, train=True, need="calibration needs real MNIST")
+        train_x, train_y = load_mnist(args.data_dir, train=True,
+                                      need="calibration needs real MNIST")
         rows = calibrate(classifier, train_x, train_y, test_x, args.n)
         print(format_table(rows))
         result = {name: row for name, row in rows}

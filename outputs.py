@@ -1,9 +1,9 @@
 """Writing results safely: atomic files, run folders, and the one-line error for user mistakes.
 
-Every file the lab writes (figures, checkpoints, samples, JSON) goes through `atomic_write`: the data is
-written to a temporary file in the same folder and then renamed over the target. A rename within one
-folder is atomic, so an interrupted run (Ctrl-C, a crash, a full disk) leaves either the old file or the
-new one, never half of one.
+Every file the lab writes (figures, checkpoints, samples, JSON) goes through `atomic_write`: the
+data is written to a temporary file in the same folder and then renamed over the target. A rename
+within one folder is atomic, so an interrupted run (Ctrl-C, a crash, a full disk) leaves either the
+old file or the new one, never half of one.
 
 Scripts raise `UserError` for mistakes a user can fix (a bad flag, a missing file, a full disk);
 `run_main` turns it into one line on stderr and exit status 2, with no traceback. Bugs still raise
@@ -41,9 +41,10 @@ NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)                # a read-o
 def atomic_write(path, write):
     """Call `write(tmp_path)` to fill a temporary file, then rename it to `path`.
 
-    `write` receives a str path (so torch.save, np.save, fig.savefig all work) and must create the file.
-    The suffix of `path` is kept on the temporary name, because savefig and np.save infer the format
-    from it. A full disk or a read-only folder is a UserError naming `path`; an old file is kept.
+    `write` receives a str path (so torch.save, np.save, fig.savefig all work) and must create the
+    file. The suffix of `path` is kept on the temporary name, because savefig and np.save infer the
+    format from it. A full disk or a read-only folder is a UserError naming `path`; an old file is
+    kept.
     """
     path = Path(path)
     try:
@@ -61,9 +62,11 @@ def atomic_write(path, write):
 
 def _write_then_rename(path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
+                               suffix=f".tmp{path.suffix}")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the result the usual permissions
+    # mkstemp makes owner-only files; give the result the usual permissions
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         write(tmp)
         # Force the bytes onto the disk before the rename: otherwise a power cut can leave the new
@@ -113,7 +116,8 @@ def check_writable(folder, flag="--out"):
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to output folder {folder} ({e.strerror}); choose another with {flag}")
+        raise UserError(f"cannot write to output folder {folder} ({e.strerror}); "
+                        f"choose another with {flag}")
     return folder
 
 
@@ -154,8 +158,9 @@ def settings(get_args, **flags):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help that states each default once: "(default: X)" is added only when the help text does not
-    already name the default, and never for flags whose default is None or False (nothing to say)."""
+    """--help that states each default once: "(default: X)" is added only when the help text does
+    not already name the default, and never for flags whose default is None or False (nothing to
+    say)."""
 
     def _get_help_string(self, action):
         if action.default in (None, False) or "default" in (action.help or ""):
@@ -163,7 +168,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-# --- threads ----------------------------------------------------------------------------------
+# --- threads --------------------------------------------------------------------------------------
 
 def idle_cores(seconds=0.25):
     """How many of the machine's cores sat idle over a short look, from Linux's /proc/stat (the
@@ -196,7 +201,7 @@ def pick_threads():
     return torch.get_num_threads()
 
 
-# --- the progress line, and how a script ends ------------------------------------------------
+# --- the progress line, and how a script ends -----------------------------------------------------
 
 _line_open = False  # is a progress line on stderr waiting for its newline?
 

@@ -7,7 +7,8 @@ from outputs import UserError
 
 
 def digits(n=64, seed=0):
-    """Blobs of ink on a black background, (n, 1, 28, 28) in [-1, 1]: enough to train a few steps on."""
+    """Blobs of ink on a black background, (n, 1, 28, 28) in [-1, 1]:
+    enough to train a few steps on."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, 7, 7, generator=g).repeat_interleave(4, 2).repeat_interleave(4, 3)
     return torch.where(x > 0.6, 1.0, -1.0)

@@ -10,8 +10,8 @@ from outputs import UserError
 
 
 def stroke(width, shear=0.0, size=28):
-    """A vertical bar `width` pixels wide, rows 4..23, whose top is moved `shear` columns right per row
-    up. Returns (1, 1, size, size) in [-1, 1]: background -1, ink +1."""
+    """A vertical bar `width` pixels wide, rows 4..23, whose top is moved `shear` columns right per
+    row up. Returns (1, 1, size, size) in [-1, 1]: background -1, ink +1."""
     img = -torch.ones(1, 1, size, size)
     for row in range(4, 24):
         centre = 14 + shear * (13.5 - row)
@@ -22,8 +22,10 @@ def stroke(width, shear=0.0, size=28):
 
 def test_a_thicker_pen_measures_thicker():
     widths = [float(captions.measure(stroke(w))[0]) for w in (1, 2, 3, 4)]
-    assert widths == sorted(widths) and widths[0] < captions.THIN and widths[-1] > captions.THICK, widths
-    assert captions.thickness_word(widths[0]) == "thin" and captions.thickness_word(widths[-1]) == "thick"
+    assert widths == sorted(widths) and widths[0] < captions.THIN and \
+        widths[-1] > captions.THICK, widths
+    assert captions.thickness_word(widths[0]) == "thin" and \
+        captions.thickness_word(widths[-1]) == "thick"
 
 
 @pytest.mark.parametrize("shear, words", [(0.0, "upright"), (0.5, "slanted right"),

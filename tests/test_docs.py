@@ -14,13 +14,15 @@ DOCUMENTS = sorted(ROOT.glob("*.md"))
 
 
 def relative_links(text):
-    """The targets of the markdown links in `text` that point into the repository (no URL, no anchor)."""
+    """The targets of the markdown links in `text` that point into the repository (no URL, no
+    anchor)."""
     targets = (m[1].split("#")[0] for m in LINK.finditer(text))
     return [t for t in targets if t and not re.match(r"[a-z]+:", t)]
 
 
 def test_link_finder():
-    text = "See [the sheet](HANDOUT.md), ![fig](figures/a.png), [web](https://x.org/a) and [top](#set-up)."
+    text = ("See [the sheet](HANDOUT.md), ![fig](figures/a.png), [web](https://x.org/a) "
+            "and [top](#set-up).")
     assert relative_links(text) == ["HANDOUT.md", "figures/a.png"]
 
 
@@ -32,4 +34,5 @@ def test_every_relative_link_resolves(doc):
 
 def test_readme_is_short():
     lines = (ROOT / "README.md").read_text().count("\n")
-    assert lines <= 210, f"README.md has {lines} lines; keep it to about 200 (details go to the other documents)"
+    assert lines <= 210, (f"README.md has {lines} lines; "
+                          "keep it to about 200 (details go to the other documents)")

@@ -11,14 +11,16 @@ TINY = ["--steps", "3", "--batch-size", "8", "--n", "6"]
 
 
 def run(argv, mnist_dir, runs):
-    gan_baseline.main(TINY + ["--data-dir", str(mnist_dir), "--runs", str(runs), "--device", "cpu"] + argv)
+    flags = ["--data-dir", str(mnist_dir), "--runs", str(runs), "--device", "cpu"]
+    gan_baseline.main(TINY + flags + argv)
 
 
 def test_the_networks_map_noise_to_digits_and_digits_to_one_logit():
     torch.manual_seed(0)
     G, D = gan_baseline.generator(z_dim=8, width=4), gan_baseline.discriminator(width=4)
     with torch.no_grad():
-        G[-2].weight.mul_(1000)  # huge values before the last layer: tanh must still bound the pixels
+        # huge values before the last layer: tanh must still bound the pixels
+        G[-2].weight.mul_(1000)
     x = G(torch.randn(5, 8))
     assert x.shape == (5, 1, 28, 28)
     assert x.min() >= -1 and x.max() <= 1 and x.abs().max() > 0.99
@@ -29,7 +31,8 @@ def test_the_networks_map_noise_to_digits_and_digits_to_one_logit():
 def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path):
     run(["--name", "tiny"], mnist_dir, tmp_path)
     out = tmp_path / "tiny"
-    for name in ["checkpoint.pt", "samples.png", "samples.npy", "loss.png", "config.json", "summary.json"]:
+    for name in ["checkpoint.pt", "samples.png", "samples.npy", "loss.png", "config.json",
+                 "summary.json"]:
         assert (out / name).is_file(), name
     assert not list(out.glob(".*tmp*")), "a temporary file was left behind"
     samples = np.load(out / "samples.npy")
@@ -37,22 +40,27 @@ def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path):
     assert samples.min() >= -1 and samples.max() <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["n"] == 6 and summary["sampling_steps"] == 1
-    assert summary["dataset"] == "mnist" and summary["metrics"] is None  # no classifier in mnist_dir
+    # no classifier in mnist_dir
+    assert summary["dataset"] == "mnist" and summary["metrics"] is None
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3 and len(ckpt["history"]["d"]) == len(ckpt["history"]["g"]) == 3
     G = gan_baseline.generator()
-    G.load_state_dict(ckpt["generator"])  # the checkpoint rebuilds the generator that drew the samples
+    # the checkpoint rebuilds the generator that drew the samples
+    G.load_state_dict(ckpt["generator"])
     again, _ = gan_baseline.sample(G.eval(), 6, 0, torch.device("cpu"))
     assert np.array_equal(again.numpy(), samples)
 
 
 @pytest.mark.e2e
-def test_same_seed_same_samples_and_no_run_is_overwritten_unless_asked(mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(gan_baseline, "loss_figure", lambda *_: None)  # the test above checks the figures;
-    monkeypatch.setattr(gan_baseline.plots, "sample_grid", lambda *_: None)  # here they would only cost time
+def test_same_seed_same_samples_and_no_run_is_overwritten_unless_asked(mnist_dir, tmp_path,
+                                                                      monkeypatch):
+    # the test above checks the figures; here they would only cost time
+    monkeypatch.setattr(gan_baseline, "loss_figure", lambda *_: None)
+    monkeypatch.setattr(gan_baseline.plots, "sample_grid", lambda *_: None)
     run(["--seed", "1"], mnist_dir, tmp_path)
     run(["--seed", "1"], mnist_dir, tmp_path)  # no --name: a fresh folder, gan-2
-    first, second = np.load(tmp_path / "gan" / "samples.npy"), np.load(tmp_path / "gan-2" / "samples.npy")
+    first = np.load(tmp_path / "gan" / "samples.npy")
+    second = np.load(tmp_path / "gan-2" / "samples.npy")
     assert np.array_equal(first, second)
     with pytest.raises(gan_baseline.UserError, match="--overwrite"):
         run(["--name", "gan", "--seed", "2"], mnist_dir, tmp_path)
@@ -67,11 +75,13 @@ def test_same_seed_same_samples_and_no_run_is_overwritten_unless_asked(mnist_dir
     (["--runs", "blocked"], "cannot write"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, mnist_dir, tmp_path, monkeypatch, capsys):
-    """What `python gan_baseline.py ...` does (run_main around main), in this process: no torch re-import."""
+    """What `python gan_baseline.py ...` does (run_main around main), in this process: no torch
+    re-import."""
     (tmp_path / "blocked").write_text("a file where the runs folder should be")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        gan_baseline.run_main(lambda: gan_baseline.main(TINY + ["--data-dir", str(mnist_dir)] + argv))
+        gan_baseline.run_main(
+            lambda: gan_baseline.main(TINY + ["--data-dir", str(mnist_dir)] + argv))
     assert e.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
