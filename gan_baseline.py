@@ -203,11 +203,10 @@ def loss_figure(history, path):
     import matplotlib.pyplot as plt  # here, after plots.py has chosen the file-only backend
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = np.arange(1, len(history["d"]) + 1)
-    k = min(100, max(1, len(steps) // 10))
     for key, label, eq, colour in [("d", "D", 2 * np.log(2), "C0"), ("g", "G", np.log(2), "C1")]:
         ax.plot(steps, history[key], lw=0.5, alpha=0.3, color=colour)
-        ax.plot(steps[k - 1:], np.convolve(history[key], np.ones(k) / k, mode="valid"),
-                color=colour, label=f"{label} loss (mean of {k} steps)")
+        ends, means, k = plots.running_mean(history[key])
+        ax.plot(ends, means, color=colour, label=f"{label} loss (mean of {k} steps)")
         ax.axhline(eq, ls=":", color=colour, lw=1)
     ax.set_xlabel("training step")
     ax.set_ylabel("binary cross-entropy (nats)")
