@@ -53,6 +53,7 @@ GRAD_CLIP = 1.0
 STEPS = 20000         # on a CPU, --minutes stops training first; on a GPU, this does
 MINUTES = 10.0        # the time box of training; sampling comes after (see BENCHMARKS.md)
 SAMPLER = "ddpm"
+SAMPLING_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver": 20}  # None: all T (Algorithm 2)
 N_SAMPLES = 64
 NUM_CLASSES = data.NUM_CLASSES  # MNIST's digits, CIFAR-10's classes
 NULL_LABEL = NUM_CLASSES        # the label "no label": classifier-free guidance's extra row
@@ -101,12 +102,17 @@ def get_args(argv=None):
     g.add_argument("--ckpt-every", type=int, default=500,
                    help="save a checkpoint every this many steps")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue training the run in RUN_DIR")
-    g = p.add_argument_group("sampling (Algorithm 2, or DDIM)")
+    g = p.add_argument_group("sampling (Algorithm 2, DDIM or DPM-Solver++)")
     g.add_argument("--sample-from", metavar="RUN_DIR",
                    help="skip training: sample from RUN_DIR's checkpoint")
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default=SAMPLER,
-                   help="ddpm: all T stochastic steps; ddim: --sampling-steps deterministic steps")
-    g.add_argument("--sampling-steps", type=int, default=50, help="DDIM steps (at most T)")
+    g.add_argument("--sampler", choices=sorted(SAMPLING_STEPS), default=SAMPLER,
+                   help="ddpm: Algorithm 2, stochastic (on fewer, respaced steps if "
+                        "--sampling-steps < T); ddim: deterministic DDIM; dpm-solver: "
+                        "deterministic DPM-Solver++(2M)")
+    g.add_argument("--sampling-steps", type=int, default=None,
+                   help="network calls per image, at most T (default: T for ddpm, "
+                        + ", ".join(f"{k} for {name}" for name, k in SAMPLING_STEPS.items() if k)
+                        + ")")
     g.add_argument("--eta", type=finite_float, default=0.0,
                    help="DDIM noise, in [0, 1]: 0 deterministic, 1 like DDPM")
     g.add_argument("--n", type=int, default=N_SAMPLES, help="how many images to draw")
@@ -193,13 +199,16 @@ def settle_flags(args, meta, where):
 
 def check_sampling(args, conditional):
     """The sampling flags against the model: --labels and --guidance need a class-conditional model,
-    and DDIM cannot take more steps than the T it was trained with."""
+    and no sampler can take more steps than the T it was trained with. Fills in the sampler's
+    default --sampling-steps."""
     if not conditional and (args.labels or args.guidance is not None):
         raise UserError("--labels and --guidance need a model trained with --conditional; "
                         "this one is not")
     if args.labels and not all(0 <= y < NUM_CLASSES for y in args.labels):
         raise UserError(f"--labels must lie in 0..9, got {args.labels}")
-    if args.sampler == "ddim" and args.sampling_steps > args.T:
+    if args.sampling_steps is None:
+        args.sampling_steps = SAMPLING_STEPS[args.sampler] or args.T
+    if args.sampling_steps > args.T:
         raise UserError(f"--sampling-steps {args.sampling_steps} exceeds T = {args.T}; "
                         "use at most T")
 
@@ -480,13 +489,11 @@ def sample(model, sched, meta, args, device):
         y_all = torch.tensor(labels, device=device).repeat(math.ceil(args.n / len(labels)))[:args.n]
     c, s = meta["model_config"]["in_channels"], meta["model_config"]["image_size"]
     gen = torch.Generator(device).manual_seed(args.seed)
-    T = sched.T
-    # Keep x_t and x0_hat at eight t for the figure (all DDIM steps, then we thin them).
-    record = set(range(T)) if args.sampler == "ddim" else \
-        set(np.linspace(T - 1, 0, 8).round().astype(int))
+    T, steps = sched.T, args.sampling_steps
+    # Keep x_t and x0_hat at eight t for the figure (all the steps, thinned below, if fewer).
+    record = set(range(T)) if steps < T else set(np.linspace(T - 1, 0, 8).round().astype(int))
     chunks, trajectory = [], None
     chunk = 1000 if device.type == "cuda" else 256  # a GPU is idle on small batches; a CPU is not
-    steps = sched.T if args.sampler == "ddpm" else args.sampling_steps
     meter = Progress(math.ceil(args.n / chunk) * steps, f"sampling {args.n} images, {args.sampler}")
     for i in range(0, args.n, chunk):
         shape = (min(chunk, args.n - i), c, s, s)
@@ -498,16 +505,25 @@ def sample(model, sched, meta, args, device):
             return eps_hat
         kw = dict(generator=gen, device=device, record=record if i == 0 else ())
         with torch.no_grad():
-            if args.sampler == "ddpm":
-                x0, traj = sched.p_sample_loop(eps_fn, shape, **kw)
-            else:
-                x0, traj = sched.ddim_sample_loop(eps_fn, shape, steps=args.sampling_steps,
-                                                  eta=args.eta, **kw)
+            x0, traj = run_sampler(sched, eps_fn, shape, args, **kw)
         chunks.append(x0.cpu())
         if i == 0:
-            trajectory = traj[::max(1, len(traj) // 8)] if args.sampler == "ddim" else traj
+            trajectory = traj[::max(1, len(traj) // 8)]
     meter.close()
     return torch.cat(chunks), trajectory, meter.seconds()
+
+
+def run_sampler(sched, eps_fn, shape, args, **kw):
+    """The sampler of --sampler, in --sampling-steps network calls; schedule.py holds them all.
+    Returns (x0 samples of `shape`, trajectory)."""
+    steps = args.sampling_steps
+    if args.sampler == "ddpm" and steps == sched.T:
+        return sched.p_sample_loop(eps_fn, shape, **kw)  # Algorithm 2
+    if args.sampler == "ddpm":  # Algorithm 2 on a subsequence of the timesteps
+        return sched.respaced_sample_loop(eps_fn, shape, steps=steps, **kw)
+    if args.sampler == "ddim":
+        return sched.ddim_sample_loop(eps_fn, shape, steps=steps, eta=args.eta, **kw)
+    return sched.dpm_solver_sample_loop(eps_fn, shape, steps=steps, **kw)
 
 
 def denoiser(model, meta, args, y):
@@ -538,8 +554,10 @@ def evaluate(samples, meta, args):
 def sample_folder_name(args):
     """The folder under samples/ for a --sample-from draw. Every flag that changes the samples is in
     the name, so two different draws never share a folder; flags left at their defaults add nothing
-    (ddpm-n64-seed0, ddim50-n64-seed0, ddim50-eta0.5-labels3-7-guidance2-n64-seed0)."""
-    parts = [args.sampler + (str(args.sampling_steps) if args.sampler == "ddim" else "")]
+    (ddpm-n64-seed0, ddpm100-n64-seed0, ddim50-n64-seed0, dpm-solver20-n64-seed0,
+    ddim50-eta0.5-labels3-7-guidance2-n64-seed0)."""
+    steps = args.sampling_steps or SAMPLING_STEPS[args.sampler]  # None: all T
+    parts = [args.sampler + ("" if steps in (None, args.T) else str(steps))]
     if args.sampler == "ddim" and args.eta != 0:
         parts.append(f"eta{args.eta:g}")
     if args.labels:
@@ -624,14 +642,14 @@ def draw(args, out, model, sched, meta, history, trained, device):
     summary."""
     samples, trajectory, seconds = sample(model, sched, meta, args, device)
     atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, samples.numpy().astype(np.float32)))
-    plots.sample_grid(samples, out / "samples.png", f"{args.n} samples, {args.sampler.upper()} "
-                      f"({meta['dataset']}, step {trained['steps']})")
+    plots.sample_grid(samples, out / "samples.png", f"{args.n} samples, {args.sampler.upper()}-"
+                      f"{args.sampling_steps} ({meta['dataset']}, step {trained['steps']})")
     plots.trajectory(trajectory, out / "trajectory.png")
-    ddim = args.sampler == "ddim"
     summary = dict(trained, dataset=meta["dataset"], schedule=meta["schedule"],
-                   sampler=args.sampler, sampling_steps=args.sampling_steps if ddim else sched.T,
-                   eta=args.eta if ddim else None, labels=args.labels, guidance=args.guidance,
-                   n=args.n, sampling_seconds=round(seconds, 1), seed=args.seed,
+                   sampler=args.sampler, sampling_steps=args.sampling_steps,
+                   eta=args.eta if args.sampler == "ddim" else None, labels=args.labels,
+                   guidance=args.guidance, n=args.n, sampling_seconds=round(seconds, 1),
+                   seed=args.seed,
                    final_loss=round(float(np.mean(history[-100:])), 4) if history else None,
                    metrics=evaluate(samples, meta, args))
     save_json(out / "summary.json", summary)
