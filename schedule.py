@@ -1,4 +1,4 @@
-"""The diffusion math by hand: noise schedules, the forward process q, the DDPM and DDIM samplers.
+"""The diffusion math by hand: noise schedules, the forward process q, and the samplers.
 
 Read it beside Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (equation numbers below
 are theirs unless another paper is named), and Song et al. 2021, "Denoising Diffusion Implicit
@@ -18,6 +18,8 @@ The paper's symbols and their names in the code (the same in every file of the l
     sigma_t^2              var                    the variance of the noise of one sampling step
     z                      z                      that noise before scaling, N(0, I)
     SNR_t                  snr                    alpha_bar_t / (1 - alpha_bar_t)
+    alpha_t, sigma_t (Lu)  alpha, sigma           sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)
+    lambda_t (Lu)          lam                    log(alpha_t / sigma_t), half of log SNR_t
 A Schedule object (the tables of one schedule, with the methods that use them) is `sched`.
 
 Index convention, once for the whole lab: the paper counts timesteps t = 1..T, the code counts
@@ -36,6 +38,12 @@ so any error in eps_hat is blown up far outside the data range; clip_x0=False gi
 exactly. DDIM steps: ddim_timesteps is "trailing" (Lin et al. 2024). It starts at t = T-1, the only
 step whose x_t really is close to N(0, I) (10 steps of 1000: 999, 899, ..., 99), and the last step
 jumps straight to x_0 (alpha_bar = 1), so no noise is left in the output.
+
+Two more samplers take fewer steps, over the same timesteps as DDIM: respaced DDPM (Nichol &
+Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", Section 4: Algorithm 2 on the
+subsequence, with its betas recomputed) and DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2: a
+second-order solver of the ODE whose first-order steps are DDIM's at eta = 0). DPM-Solver's
+alpha_t (Lu et al.'s notation) is sqrt(alpha_bar_t), not Ho et al.'s 1 - beta_t.
 
 The figure comparing the schedules (alpha_bar_t and log SNR_t against t, and one digit noised by
 q(x_t | x_0) under each) is `python plots.py schedules`.
@@ -267,7 +275,8 @@ class Schedule:
         noisy x_t. With steps = T it is every timestep.
         """
         if not isinstance(steps, int) or not 1 <= steps <= self.T:
-            raise ValueError(f"DDIM steps must be an integer from 1 to T = {self.T}; got {steps!r}")
+            raise ValueError(f"sampling steps must be an integer from 1 to T = {self.T}; "
+                             f"got {steps!r}")
         return [(k * self.T) // steps - 1 for k in range(steps, 0, -1)]
 
     @torch.no_grad()
@@ -330,6 +339,106 @@ class Schedule:
             if i in record:
                 trajectory.append((i, x.cpu(), x0_hat.cpu()))
             x = x_prev
+        return x, trajectory
+
+
+    # --- fewer steps: respaced DDPM (Nichol & Dhariwal 2021) and DPM-Solver++ (Lu et al. 2022) ---
+
+    def respaced(self, steps):
+        """This schedule on the subsequence S = ddim_timesteps(steps) of its timesteps, as a new
+        Schedule whose code timestep i stands for S[i] (S increasing here). Returns (it, S).
+
+        Nichol & Dhariwal 2021, Section 4: alpha_bar stays the same at each kept step, so the
+        betas become
+            beta_{S_i} = 1 - alpha_bar_{S_i} / alpha_bar_{S_{i-1}}   (alpha_bar = 1 before S_0),
+        and every other table, the posterior variance beta_tilde included, follows from them.
+        """
+        kept = self.ddim_timesteps(steps)[::-1]
+        if steps == self.T:
+            return self, kept  # every step kept: nothing to respace (dividing would only round)
+        alpha_bar = self.alphas_cumprod[kept]
+        alpha_bar_before = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        return Schedule.from_betas(1 - alpha_bar / alpha_bar_before,
+                                   f"{self.name}, {steps} of {self.T} steps"), kept
+
+    @torch.no_grad()
+    def respaced_sample_loop(self, model, shape, steps=50, *, generator=None, device="cpu",
+                             dtype=torch.float32, clip_x0=True, variance="beta", record=()):
+        """Ancestral DDPM sampling (Algorithm 2) in `steps` steps: p_sample_loop on the schedule
+        respaced to ddim_timesteps(steps) (Nichol & Dhariwal 2021, Section 4; see `respaced`),
+        while the model still sees the original timesteps. Like DDIM's, the last step goes to
+        alpha_bar = 1, so it returns x0_hat. With steps = T it is p_sample_loop, draw for draw.
+
+        Returns (x_0 samples of `shape`, trajectory) as p_sample_loop does, with the original
+        timesteps; only the timesteps in `record` that are among ddim_timesteps(steps) are recorded.
+        """
+        record = self._check_record(record)
+        sched, kept = self.respaced(steps)
+        original = torch.tensor(kept, device=device)
+
+        def respaced_model(x_t, i):  # respaced timestep i is original timestep kept[i]
+            return model(x_t, original[i])
+        x, trajectory = sched.p_sample_loop(
+            respaced_model, shape, generator=generator, device=device, dtype=dtype,
+            clip_x0=clip_x0, variance=variance,
+            record=[i for i, t in enumerate(kept) if t in record])
+        return x, [(kept[i], x_t, x0_hat) for i, x_t, x0_hat in trajectory]
+
+    def _alpha_sigma_lambda(self, t):
+        """DPM-Solver's alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t) and
+        lambda_t = log(alpha_t / sigma_t) at code timestep t, as Python floats (float64)."""
+        alpha_bar = self.alphas_cumprod[t].item()
+        alpha, sigma = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
+        return alpha, sigma, math.log(alpha / sigma)
+
+    def dpm_solver_step(self, x_t, t, t_prev, x0_hat, x0_hat_before=None, h_before=None):
+        """One DPM-Solver++ step (Lu et al. 2022, Algorithm 2) from code timestep t to an earlier
+        t_prev >= 0 (ints), given x0_hat predicted at t. Returns (x_prev, h).
+
+        With h = lambda_{t_prev} - lambda_t > 0 (lambda rises as the noise falls),
+            x_prev = (sigma_{t_prev} / sigma_t) x_t - alpha_{t_prev} (e^{-h} - 1) D,
+        where D = x0_hat at first order (without x0_hat_before; this is DDIM's step at eta = 0)
+        and, at second order, D extrapolates from x0_hat_before, predicted one step earlier
+        (h_before its step's h), to this x0_hat:
+            D = (1 + 1 / (2 r)) x0_hat - 1 / (2 r) x0_hat_before,   r = h_before / h.
+        """
+        _, sigma, lam = self._alpha_sigma_lambda(t)
+        alpha_prev, sigma_prev, lam_prev = self._alpha_sigma_lambda(t_prev)
+        h = lam_prev - lam
+        D = x0_hat
+        if x0_hat_before is not None:
+            r = h_before / h
+            D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_hat_before
+        return sigma_prev / sigma * x_t - alpha_prev * math.expm1(-h) * D, h  # expm1(-h) = e^-h - 1
+
+    @torch.no_grad()
+    def dpm_solver_sample_loop(self, model, shape, steps=20, *, generator=None, device="cpu",
+                               dtype=torch.float32, clip_x0=True, record=()):
+        """DPM-Solver++(2M), Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+        Diffusion Probabilistic Models", Algorithm 2: the deterministic sampling ODE solved by a
+        multistep second-order method on the data prediction x0_hat, in `steps` model calls over
+        ddim_timesteps(steps), from x_T ~ N(0, I) to x_0 (see dpm_solver_step).
+
+        The first step is first order (there is no earlier x0_hat yet), and so is the last, to x_0
+        itself (alpha_bar = 1, lambda = inf, e^{-h} = 0), which returns x0_hat, as DDIM does and
+        as common implementations do. x0_hat is clamped to [-1, 1] if clip_x0. `generator` draws
+        x_T only. Returns (x_0 samples of `shape`, trajectory) as ddim_sample_loop does.
+        """
+        timesteps, record = self.ddim_timesteps(steps), self._check_record(record)
+        x = torch.randn(shape, generator=generator, dtype=dtype, device=device)  # x_T ~ N(0, I)
+        trajectory, x0_hat_before, h_before = [], None, None
+        for i, i_prev in zip(timesteps, timesteps[1:] + [-1]):
+            t = torch.full((shape[0],), i, dtype=torch.long, device=device)
+            x0_hat = self.predict_x0_from_eps(x, t, model(x, t))  # the data prediction, Eq. 15
+            if clip_x0:
+                x0_hat.clamp_(-1, 1)  # in place; see p_sample for why
+            if i in record:
+                trajectory.append((i, x.cpu(), x0_hat.cpu()))
+            if i_prev == -1:
+                x = x0_hat  # the last step, first order, lands on x0_hat itself
+            else:
+                x, h = self.dpm_solver_step(x, i, i_prev, x0_hat, x0_hat_before, h_before)
+                x0_hat_before, h_before = x0_hat, h
         return x, trajectory
 
 
