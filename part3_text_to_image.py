@@ -274,6 +274,15 @@ def draw_batch(digits, meta, step):
     return latents[idx], captions.tokenize(prompts).to(latents.device)
 
 
+def probe(digits, sched, device):
+    """Part 2's probe_batch, which Saver tests the weights on, for the first 16 latents with a
+    caption each (from a generator of their own: the run's random numbers do not move)."""
+    rng = random.Random(0)
+    prompts = [captions.caption(digits["labels"][i], digits["width"][i], digits["slant"][i], rng)
+               for i in range(16)]
+    return probe_batch(digits["latents"][:16].cpu(), captions.tokenize(prompts), sched, device)
+
+
 def start_run_folder(run_dir, args, meta, model, overwrite):
     """Clear an --overwrite'n run's files, then write config.json."""
     if overwrite:
@@ -303,9 +312,8 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
     opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
     step, history = restore(ckpt, ema, opt)
     start_run_folder(run_dir, args, meta, model, overwrite)
-    probe = probe_batch(digits["latents"][:16].cpu(), captions.tokenize(GRID_PROMPTS), sched,
-                        device)
-    saver = Saver(run_dir, meta, probe, ckpt, extra=dict(autoencoder=ae.state_dict()))
+    saver = Saver(run_dir, meta, probe(digits, sched, device), ckpt,
+                  extra=dict(autoencoder=ae.state_dict()))
     meter = Progress(args.steps, "step", done=step, seconds=60 * args.minutes)
     with stop_requests() as stop:
         while step < args.steps and not stop and not meter.out_of_time():

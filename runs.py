@@ -4,9 +4,9 @@
     save_checkpoint(folder / "checkpoint.pt", state)
     ckpt = load_checkpoint(folder)            # checked before any work: entries, schedule, U-Net
 
-part2_diffusion.py, part3_text_to_image.py and gan_baseline.py keep their runs this way. A student can skip this file: it is
-housekeeping (exclusive folder creation, --overwrite, one-line errors for damaged or hand-edited
-checkpoints), not diffusion. Every file goes through outputs.atomic_write.
+part2_diffusion.py, part3_text_to_image.py and gan_baseline.py keep their runs this way. A student
+can skip this file: it is housekeeping (exclusive folder creation, --overwrite, one-line errors for
+damaged or hand-edited checkpoints), not diffusion. Every file goes through outputs.atomic_write.
 """
 import io
 import shutil
