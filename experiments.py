@@ -372,7 +372,7 @@ def plot_gan_losses(losses, minutes, path):
     save_figure(fig, path)
 
 
-# --- guidance ----------------------------------------------------------------------------------------
+# --- guidance ---------------------------------------------------------------------------
 
 GUIDANCE_SCALES = [0.0, 1.0, 2.0, 3.0, 5.0, 7.5]
 ATTRIBUTES = [("thick {}", "thin {}"), ("{} slanted right", "{} slanted left")]  # (more, less)
@@ -402,39 +402,23 @@ def guidance_experiment(argv):
     Time on a 2-core laptop CPU (one thread), defaults: 2N digits with DDIM-50 per scale, about
     two minutes per scale. A quick look: --n 200.
     """
-    import inspect
-
     import torch
 
     import metrics
     import part2_diffusion
     import part3_text_to_image as part3
-    from outputs import UserError, check_writable, finite_float, save_json
+    from outputs import UserError, check_writable, pick_threads, save_json
     from schedule import Schedule
 
-    p = arg_parser(prog="experiments.py guidance", description=inspect.cleandoc(
-        guidance_experiment.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default="runs/part3", help="the Part 3 run (default %(default)s)")
-    p.add_argument("--scales", type=finite_float, nargs="+", default=GUIDANCE_SCALES,
-                   help="guidance scales (default 0 1 2 3 5 7.5)")
-    p.add_argument("--n", type=int, default=1000, help="digit-prompt samples per scale (default "
-                   "1000; as many again for the attributes)")
-    p.add_argument("--sampling-steps", type=int, default=part3.SAMPLING_STEPS,
-                   help=f"DDIM steps (default {part3.SAMPLING_STEPS})")
-    p.add_argument("--data-dir", default="data", help="MNIST and mnist-classifier.pt (default data)")
-    p.add_argument("--seed", type=int, default=0, help="the seed of every scale (default 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, ...")
-    p.add_argument("--out", default="runs/experiments", help="folder for the results (%(default)s)")
-    args = p.parse_args(argv)
-    if args.n < 40:
-        raise UserError(f"--n must be at least 40 (4 digits of each of the 10 digit prompts, one "
-                        f"of each of the 40 attribute prompts); got {args.n}")
+    args = guidance_args(argv)
     ckpt, model, ae = part3.load_run(args.run)
     sched = Schedule(ckpt["meta"]["schedule"]["name"], ckpt["meta"]["schedule"]["T"])
     if not 1 <= args.sampling_steps <= sched.T:
         raise UserError(f"--sampling-steps must lie in 1..T = {sched.T}; got {args.sampling_steps}")
     out = check_writable(args.out)
     device = part2_diffusion.pick_device(args.device)
+    if device.type == "cpu":
+        pick_threads()  # one per idle core: see outputs.pick_threads
     classifier = metrics.load_or_train_classifier(args.data_dir)[0]
     test_x, _ = metrics.load_mnist(args.data_dir, train=False,
                                    need="the FID reference is the MNIST test set")
@@ -457,6 +441,32 @@ def guidance_experiment(argv):
     print(f"\n{guidance_table(result['rows'])}\n\nmodel: {args.run}, step {ckpt['step']}; N = "
           f"{args.n}, DDIM-{args.sampling_steps}, {where}; wrote {out / 'guidance.json'}, "
           f"{out / 'guidance_samples.png'} and {out / 'guidance.png'}")
+
+
+def guidance_args(argv):
+    import inspect
+
+    import part3_text_to_image as part3
+    from outputs import UserError, finite_float
+    p = arg_parser(prog="experiments.py guidance", description=inspect.cleandoc(
+        guidance_experiment.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="runs/part3", help="the Part 3 run (default %(default)s)")
+    p.add_argument("--scales", type=finite_float, nargs="+", default=GUIDANCE_SCALES,
+                   help="guidance scales (default 0 1 2 3 5 7.5)")
+    p.add_argument("--n", type=int, default=1000, help="digit-prompt samples per scale (default "
+                   "1000; as many again for the attributes)")
+    p.add_argument("--sampling-steps", type=int, default=part3.SAMPLING_STEPS,
+                   help=f"DDIM steps (default {part3.SAMPLING_STEPS})")
+    p.add_argument("--data-dir", default="data",
+                   help="MNIST and mnist-classifier.pt (default data)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every scale (default 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, ...")
+    p.add_argument("--out", default="runs/experiments", help="folder for the results (%(default)s)")
+    args = p.parse_args(argv)
+    if args.n < 40:
+        raise UserError(f"--n must be at least 40 (4 digits of each of the 10 digit prompts, one "
+                        f"of each of the 40 attribute prompts); got {args.n}")
+    return args
 
 
 def guidance_row(net, classifier, real_feats, scale, args):
@@ -507,7 +517,7 @@ def guidance_table(rows, head=True):
 
 
 def plot_guidance_samples(cells, result, path):
-    """FIGURE_PROMPTS (rows) against the scales (columns): the same starting noise in every column."""
+    """FIGURE_PROMPTS (rows) against the scales (columns), the same noise in each column."""
     import plots  # noqa: F401  (first: it makes matplotlib draw to files only)
     from part3_text_to_image import image_table
     columns = [f"guidance {r['scale']:g}" for r in result["rows"]]

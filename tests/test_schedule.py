@@ -638,6 +638,30 @@ def test_classifier_free_guidance():
           rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.ex12
+def test_classifier_free_guidance_with_a_prompt():
+    """Part 3: the condition is a prompt's tokens (B, L), and "no condition" the empty prompt's."""
+    calls = []
+
+    def model(x, t, ids):  # a text-conditioned "eps": depends on the words, the time and x
+        calls.append(len(ids))
+        return x * (1 + ids.float().mean(1, keepdim=True)) + t.view(-1, 1)
+
+    x, t = torch.randn(3, 4), torch.tensor([999, 500, 0])
+    ids = torch.tensor([[1, 2, 4, 15, 0], [1, 11, 0, 0, 0], [1, 20, 8, 0, 0]])  # made-up tokens
+    empty = torch.tensor([[1, 0, 0, 0, 0]]).expand_as(ids)
+    prompted, unprompted = model(x, t, ids), model(x, t, empty)
+    calls.clear()
+    for scale, expected, what in [(1.0, prompted, "the prompted model"),
+                                  (0.0, unprompted, "the empty prompt's")]:
+        close(classifier_free_guidance(model, ids, scale, null_label=empty)(x, t), expected,
+              f"guided eps at scale {scale:g}: expected {what}", rtol=1e-6, atol=1e-5)
+    guided = classifier_free_guidance(model, ids, -2.0, null_label=empty)(x, t)
+    close(guided - unprompted, -2 * (prompted - unprompted), "guided eps at scale -2, minus the "
+          "empty prompt's", rtol=1e-6, atol=1e-5)
+    assert calls == [6, 6, 6]  # both halves in one batched call
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call,fragments", [
