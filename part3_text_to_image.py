@@ -28,12 +28,13 @@ three things, each of which has a file of its own here:
    the empty prompt's tokens as "no condition"). `python experiments.py guidance` measures what
    that buys, and what it costs.
 
-The network (UNET and TEXT below): a U-Net of two levels, 8 x 8 and 4 x 4 with 32 and 64
-channels, self- and cross-attention at both and in the middle, and a text encoder of two
-transformer layers of width 64. A larger U-Net (64 channels) trained at half the steps per second
-on one CPU thread; this one was the fastest that still had attention at 8 x 8, where a digit's
-strokes are placed. Sampling is DDIM (Song et al. 2021), 50 steps, without the clamping of x0_hat
-to [-1, 1] that suits pixels but not latents (they have unit variance, not a range).
+The network (UNET and TEXT below) was chosen by timing a few candidates on one CPU thread: a U-Net
+of two levels, 8 x 8 and 4 x 4 with 32 and 64 channels, self- and cross-attention at both levels
+and in the middle, and a text encoder of two transformer layers of width 64. Wider U-Nets (48 or
+64 base channels) trained far fewer steps per second; a third level (2 x 2) was about as fast, but
+this one keeps attention at 8 x 8, where a digit's strokes are placed. Sampling is DDIM (Song et
+al. 2021), 50 steps, without the clamping of x0_hat to [-1, 1] that suits pixels but not latents
+(they have unit variance, not a range).
 
 A run writes to runs/part3/ (then part3-2, ...): prompts.png (8 digits for each of 16 prompts),
 loss.png, checkpoint.pt (the network and the autoencoder whose latents it learned), config.json
@@ -224,8 +225,8 @@ def load_run(run_dir):
                            "part3_text_to_image.py")
     path = Path(run_dir) / "checkpoint.pt"
     check_schedule(ckpt["meta"], path)
-    return ckpt, build(ckpt["meta"], ckpt["ema"], path), stored_autoencoder(ckpt["autoencoder"],
-                                                                             path)
+    ema = build(ckpt["meta"], ckpt["ema"], path).eval()
+    return ckpt, ema, stored_autoencoder(ckpt["autoencoder"], path)
 
 
 # --- training (Algorithm 1, in the latent space, with captions) ----------------------------------
