@@ -473,8 +473,6 @@ def guidance_row(net, classifier, real_feats, scale, args):
     """One scale's measurements (a dict), and the samples of FIGURE_PROMPTS for the figure."""
     import time
 
-    import torch
-
     import captions
     import metrics
     import part3_text_to_image as part3
@@ -541,7 +539,8 @@ def plot_guidance_tradeoff(result, path):
         for r in rows:
             ax.annotate(f"{r['scale']:g}", (r["fid"], r[key]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
-    ax.axhline(0.5, ls=":", color="grey", lw=1)
+    ax.axhline(0.5, ls=":", color="grey", lw=1, label="chance: pairs (0.5), digits (0.1)")
+    ax.axhline(0.1, ls=":", color="grey", lw=1)
     ax.set(xlabel=f"FID of the digit-prompt samples, N = {rows[0]['n']} (lower is better)",
            ylabel="accuracy", ylim=(0, 1.02),
            title=f"Guidance scale (labels): fitting the prompt against quality ({result['run']}, "

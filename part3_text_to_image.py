@@ -116,8 +116,9 @@ def get_args(argv=None):
     g.add_argument("--sample-from", metavar="RUN_DIR",
                    help="skip training: draw from RUN_DIR's checkpoint")
     g.add_argument("--prompt", default=None,
-                   help='draw --n digits of this prompt ("" is the empty prompt: the '
-                        "unconditional model); without it, --sample-from draws prompts.png")
+                   help='also draw --n digits of this prompt ("" is the empty prompt: the '
+                        "unconditional model); --sample-from then draws only these, without it "
+                        "prompts.png")
     g.add_argument("--n", type=int, default=N_SAMPLES, help="how many digits of --prompt to draw")
     g.add_argument("--guidance", type=finite_float, default=GUIDANCE,
                    help="classifier-free guidance scale: 0 ignores the prompt, 1 is the plain "
