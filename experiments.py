@@ -3,11 +3,11 @@ figure (PNG) and the numbers (JSON) under runs/experiments/.
 
     python experiments.py schedules   # linear vs cosine vs quadratic: FID against training and sampling steps
     python experiments.py gan         # the DDPM against a DCGAN (gan_baseline.py) for the same wall-clock
-    python experiments.py guidance    # Part 3: classifier-free guidance, prompt accuracy against FID
+    python experiments.py guidance    # Part 3: classifier-free guidance, accuracy against FID
 
-All three need real MNIST and the classifier of metrics.py in --data-dir (it is trained on first use);
-guidance also a trained Part 3 run. They are slow on a CPU: each one's --help says how slow, and gives a
-shorter variant.
+All three need real MNIST and the classifier of metrics.py in --data-dir (it is trained on first
+use); guidance also a trained Part 3 run. They are slow on a CPU: each one's --help says how slow,
+and gives a shorter variant.
 """
 import argparse
 
