@@ -25,8 +25,8 @@ does with its constant 0.18215: `encode` returns latents with unit variance, `de
 Trained once on MNIST's training digits and cached beside the data
 (`<data-dir>/mnist-autoencoder.pt`), like metrics.py's classifier.
 
-Next: the Part 3 script that joins them (being built); until then, the tests in
-tests/test_captions.py, tests/test_cross_attention.py and tests/test_autoencoder.py.
+Next: unet.py's CrossAttention (how the U-Net reads a prompt), then part3_text_to_image.py, which
+joins captions, latents and cross-attention into a text-to-image model.
 """
 import argparse
 import math

@@ -3,9 +3,11 @@ figure (PNG) and the numbers (JSON) under runs/experiments/.
 
     python experiments.py schedules   # linear vs cosine vs quadratic: FID against training and sampling steps
     python experiments.py gan         # the DDPM against a DCGAN (gan_baseline.py) for the same wall-clock
+    python experiments.py guidance    # Part 3: classifier-free guidance, accuracy against FID
 
-Both need real MNIST and the classifier of metrics.py in --data-dir (it is trained on first use). They are
-slow on a CPU: each one's --help says how slow, and gives a shorter variant.
+All three need real MNIST and the classifier of metrics.py in --data-dir (it is trained on first
+use); guidance also a trained Part 3 run. They are slow on a CPU: each one's --help says how slow,
+and gives a shorter variant.
 """
 import argparse
 
@@ -370,7 +372,186 @@ def plot_gan_losses(losses, minutes, path):
     save_figure(fig, path)
 
 
-EXPERIMENTS = {"schedules": schedules_experiment, "gan": gan_experiment}
+# --- guidance ---------------------------------------------------------------------------
+
+GUIDANCE_SCALES = [0.0, 1.0, 2.0, 3.0, 5.0, 7.5]
+ATTRIBUTES = [("thick {}", "thin {}"), ("{} slanted right", "{} slanted left")]  # (more, less)
+FIGURE_PROMPTS = ["two", "seven", "thick three", "thin three", "four slanted right",
+                  "four slanted left"]
+
+
+def guidance_experiment(argv):
+    """Classifier-free guidance's trade-off, measured on a trained Part 3 run
+    (part3_text_to_image.py). For each guidance scale s, from the same starting noise:
+
+      prompt accuracy     N digits of the prompts "zero" ... "nine" (N/10 each): the fraction that
+                          metrics.py's classifier reads as the digit the prompt names;
+      attribute accuracy  for each digit D, N/40 digits of each of "thick D", "thin D", "D slanted
+                          right" and "D slanted left", measured with captions.measure: the fraction
+                          of (thick, thin) pairs of the same digit in which the thick one has the
+                          wider stroke, and of (right, left) pairs in which the right one leans
+                          further right (0.5 is chance, 1 is always);
+      FID and friends     of the N digits of the first row against the MNIST test digits (FID
+                          depends on N: compare at equal N only).
+
+    Scale 0 ignores the prompt (the unconditional model), 1 is the plain conditional model.
+    Writes OUT/guidance.json (rewritten after every scale), OUT/guidance_samples.png (a few
+    prompts, one column per scale) and OUT/guidance.png (each accuracy against FID, a point per
+    scale). Needs real MNIST; trains the classifier of metrics.py first if it is not cached.
+
+    Time on a 2-core laptop CPU (one thread), defaults: 2N digits with DDIM-50 per scale, about
+    two minutes per scale. A quick look: --n 200.
+    """
+    import torch
+
+    import metrics
+    import part2_diffusion
+    import part3_text_to_image as part3
+    from outputs import UserError, check_writable, pick_threads, save_json
+    from schedule import Schedule
+
+    args = guidance_args(argv)
+    ckpt, model, ae = part3.load_run(args.run)
+    sched = Schedule(ckpt["meta"]["schedule"]["name"], ckpt["meta"]["schedule"]["T"])
+    if not 1 <= args.sampling_steps <= sched.T:
+        raise UserError(f"--sampling-steps must lie in 1..T = {sched.T}; got {args.sampling_steps}")
+    out = check_writable(args.out)
+    device = part2_diffusion.pick_device(args.device)
+    if device.type == "cpu":
+        pick_threads()  # one per idle core: see outputs.pick_threads
+    classifier = metrics.load_or_train_classifier(args.data_dir)[0]
+    test_x, _ = metrics.load_mnist(args.data_dir, train=False,
+                                   need="the FID reference is the MNIST test set")
+    where = part2_diffusion.device_name(device)
+    result = dict(run=args.run, steps=ckpt["step"], device=where, torch=torch.__version__,
+                  complete=False, rows=[], config=dict(n=args.n, scales=args.scales, seed=args.seed,
+                                                       sampling_steps=args.sampling_steps))
+    net = dict(model=model.to(device), ae=ae.to(device), sched=sched, device=device)
+    cells, real_feats = [], metrics.features(classifier, test_x)
+    for scale in args.scales:
+        row, shown = guidance_row(net, classifier, real_feats, scale, args)
+        result["rows"].append(row)
+        cells.append(shown)
+        save_json(out / "guidance.json", result)
+        print(guidance_table(result["rows"][-1:], head=len(result["rows"]) == 1), flush=True)
+    result["complete"] = True
+    save_json(out / "guidance.json", result)
+    plot_guidance_samples(cells, result, out / "guidance_samples.png")
+    plot_guidance_tradeoff(result, out / "guidance.png")
+    print(f"\n{guidance_table(result['rows'])}\n\nmodel: {args.run}, step {ckpt['step']}; N = "
+          f"{args.n}, DDIM-{args.sampling_steps}, {where}; wrote {out / 'guidance.json'}, "
+          f"{out / 'guidance_samples.png'} and {out / 'guidance.png'}")
+
+
+def guidance_args(argv):
+    import inspect
+
+    import part3_text_to_image as part3
+    from outputs import UserError, finite_float
+    p = arg_parser(prog="experiments.py guidance", description=inspect.cleandoc(
+        guidance_experiment.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="runs/part3", help="the Part 3 run (default %(default)s)")
+    p.add_argument("--scales", type=finite_float, nargs="+", default=GUIDANCE_SCALES,
+                   help="guidance scales (default 0 1 2 3 5 7.5)")
+    p.add_argument("--n", type=int, default=1000, help="digit-prompt samples per scale (default "
+                   "1000; as many again for the attributes)")
+    p.add_argument("--sampling-steps", type=int, default=part3.SAMPLING_STEPS,
+                   help=f"DDIM steps (default {part3.SAMPLING_STEPS})")
+    p.add_argument("--data-dir", default="data",
+                   help="MNIST and mnist-classifier.pt (default data)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every scale (default 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, ...")
+    p.add_argument("--out", default="runs/experiments", help="folder for the results (%(default)s)")
+    args = p.parse_args(argv)
+    if args.n < 40:
+        raise UserError(f"--n must be at least 40 (4 digits of each of the 10 digit prompts, one "
+                        f"of each of the 40 attribute prompts); got {args.n}")
+    return args
+
+
+def guidance_row(net, classifier, real_feats, scale, args):
+    """One scale's measurements (a dict), and the samples of FIGURE_PROMPTS for the figure."""
+    import time
+
+    import captions
+    import metrics
+    import part3_text_to_image as part3
+    start = time.time()
+    digit_prompts = [word for word in captions.DIGITS for _ in range(args.n // 10)]
+    m = args.n // 40
+    attribute_prompts = [form.format(word) for word in captions.DIGITS for pair in ATTRIBUTES
+                         for form in pair for _ in range(m)]
+    prompts = digit_prompts + attribute_prompts
+    images, _ = part3.generate(net["model"], net["ae"], net["sched"], prompts, scale,
+                               args.sampling_steps, args.seed, net["device"])
+    digits, attributes = images[:len(digit_prompts)], images[len(digit_prompts):]
+    # (10 digits, 2 attributes, (more, less), m samples) of the measured widths and slants
+    measured = [v.view(10, len(ATTRIBUTES), 2, m) for v in captions.measure(attributes)]
+    row = dict(scale=scale, prompt_accuracy=part3.digit_accuracy(classifier, digits, digit_prompts),
+               thickness_pairs=pair_fraction(measured[0][:, 0]),
+               slant_pairs=pair_fraction(measured[1][:, 1]),
+               **metrics.scores(classifier, digits, real_feats),
+               seconds=round(time.time() - start, 1))
+    shown = [images[[i for i, p in enumerate(prompts) if p == wanted][:4]]
+             for wanted in FIGURE_PROMPTS]
+    return row, shown
+
+
+def pair_fraction(values):
+    """values (digits, 2, m): for each digit, the fraction of the m x m pairs (more, less) in which
+    the first is the larger; the mean over the digits."""
+    more, less = values[:, 0, :, None], values[:, 1, None, :]
+    return float((more > less).float().mean())
+
+
+def guidance_table(rows, head=True):
+    lines = [f"{'scale':>6s} {'prompt acc.':>11s} {'thick>thin':>10s} {'right>left':>10s} "
+             f"{'FID':>8s} {'prec.':>6s} {'recall':>6s} {'classes':>7s} {'seconds':>7s}"] * head
+    for r in rows:
+        lines.append(f"{r['scale']:6g} {r['prompt_accuracy']:11.3f} {r['thickness_pairs']:10.3f} "
+                     f"{r['slant_pairs']:10.3f} {r['fid']:8.2f} {r['precision']:6.3f} "
+                     f"{r['recall']:6.3f} {r['classes_present']:5d}/10 {r['seconds']:7.1f}")
+    return "\n".join(lines)
+
+
+def plot_guidance_samples(cells, result, path):
+    """FIGURE_PROMPTS (rows) against the scales (columns), the same noise in each column."""
+    import plots  # noqa: F401  (first: it makes matplotlib draw to files only)
+    from part3_text_to_image import image_table
+    columns = [f"guidance {r['scale']:g}" for r in result["rows"]]
+    image_table([list(row) for row in zip(*cells)], [f'"{p}"' for p in FIGURE_PROMPTS], columns,
+                path, f"Classifier-free guidance, same noise in every column ({result['run']}, "
+                      f"step {result['steps']}, DDIM-{result['config']['sampling_steps']})")
+
+
+def plot_guidance_tradeoff(result, path):
+    """Each accuracy against FID, one point per scale, labelled with it."""
+    import plots  # noqa: F401  (first: it makes matplotlib draw to files only)
+    import matplotlib.pyplot as plt
+
+    from outputs import save_figure
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in [("prompt_accuracy", "prompt accuracy (the classifier reads the digit)"),
+                       ("thickness_pairs", "thick > thin, fraction of pairs"),
+                       ("slant_pairs", "slanted right > left, fraction of pairs")]:
+        ax.plot([r["fid"] for r in rows], [r[key] for r in rows], "o-", label=label)
+        for r in rows:
+            ax.annotate(f"{r['scale']:g}", (r["fid"], r[key]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+    ax.axhline(0.5, ls=":", color="grey", lw=1, label="chance: pairs (0.5), digits (0.1)")
+    ax.axhline(0.1, ls=":", color="grey", lw=1)
+    ax.set(xlabel=f"FID of the digit-prompt samples, N = {rows[0]['n']} (lower is better)",
+           ylabel="accuracy", ylim=(0, 1.02),
+           title=f"Guidance scale (labels): fitting the prompt against quality ({result['run']}, "
+                 f"step {result['steps']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+EXPERIMENTS = {"schedules": schedules_experiment, "gan": gan_experiment,
+               "guidance": guidance_experiment}
 
 
 def main():

@@ -38,7 +38,9 @@ The exercise numbers are fixed, so that adding an exercise never renumbers anoth
      8  the timestep embedding                            unet.py       timestep_embedding
      9  the residual block                                unet.py       ResBlock.forward
     10  the training loss (Algorithm 1)                   part2_diffusion.py   training_loss
-A new exercise takes the next free number (11, ...) and a line in pytest.ini's `markers`.
+    11  Part 3: cross-attention                           unet.py       CrossAttention.forward
+    12  Part 3: classifier-free guidance                  schedule.py   guided_eps
+A new exercise takes the next free number (13, ...) and a line in pytest.ini's `markers`.
 """
 import ast
 import io

@@ -317,7 +317,8 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
     opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
     step, history = restore(ckpt, ema, opt)
     start_run_folder(run_dir, args, meta, sched, images, overwrite)
-    saver = Saver(run_dir, meta, probe_batch(images, labels, sched, meta, device), ckpt)
+    probe = probe_batch(images, labels if meta["conditional"] else None, sched, device)
+    saver = Saver(run_dir, meta, probe, ckpt)
     images, labels = images.to(device), labels.to(device)
     meter = Progress(args.steps, "step", done=step, seconds=60 * args.minutes)
     with stop_requests() as stop:
@@ -403,14 +404,15 @@ def start_run_folder(run_dir, args, meta, sched, images, overwrite):
     plots.forward_noising(sched, images[:4], run_dir / "forward.png")
 
 
-def probe_batch(images, labels, sched, meta, device):
+def probe_batch(images, y, sched, device):
     """A fixed batch to test weights on: 16 images, each noised at its own t, with noise from a
     generator of its own: testing never moves the run's random numbers (--resume stays exact).
-    Returns (x_t, t, eps, y) on `device`."""
+    y: the conditions of the images (labels; Part 3: prompt tokens), or None for an unconditional
+    model. Returns (x_t, t, eps, y) on `device`."""
     x0 = images[:16]
     t = torch.linspace(0, sched.T - 1, len(x0)).long()
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    y = labels[:16].to(device) if meta["conditional"] else None
+    y = None if y is None else y[:16].to(device)
     return sched.q_sample(x0, t, eps).to(device), t.to(device), eps.to(device), y
 
 
@@ -427,10 +429,11 @@ def gives_finite_loss(net, probe):
 
 class Saver:
     """Writes the run's checkpoint, only ever with weights known to work, and remembers which
-    step the checkpoint on disk is from, for the error message of a run that diverges."""
+    step the checkpoint on disk is from, for the error message of a run that diverges. extra:
+    entries stored in every checkpoint besides the training state (Part 3: its autoencoder)."""
 
-    def __init__(self, run_dir, meta, probe, ckpt):
-        self.run_dir, self.meta, self.probe = run_dir, meta, probe
+    def __init__(self, run_dir, meta, probe, ckpt, extra=None):
+        self.run_dir, self.meta, self.probe, self.extra = run_dir, meta, probe, extra or {}
         self.saved = None if ckpt is None else ckpt["step"]
 
     def kept(self):
@@ -450,7 +453,8 @@ class Saver:
                             f"({self.kept()})")
         save_checkpoint(self.run_dir / "checkpoint.pt", dict(
             meta=self.meta, model=model.state_dict(), ema=ema.state_dict(),
-            optimizer=opt.state_dict(), step=step, history=history, rng=torch.get_rng_state()))
+            optimizer=opt.state_dict(), step=step, history=history, rng=torch.get_rng_state(),
+            **self.extra))
         self.saved = step
 
 

@@ -4,9 +4,9 @@
     save_checkpoint(folder / "checkpoint.pt", state)
     ckpt = load_checkpoint(folder)            # checked before any work: entries, schedule, U-Net
 
-part2_diffusion.py and gan_baseline.py keep their runs this way. A student can skip this file: it is
-housekeeping (exclusive folder creation, --overwrite, one-line errors for damaged or hand-edited
-checkpoints), not diffusion. Every file goes through outputs.atomic_write.
+part2_diffusion.py, part3_text_to_image.py and gan_baseline.py keep their runs this way. A student
+can skip this file: it is housekeeping (exclusive folder creation, --overwrite, one-line errors for
+damaged or hand-edited checkpoints), not diffusion. Every file goes through outputs.atomic_write.
 """
 import io
 import shutil
@@ -21,7 +21,7 @@ from unet import UNet
 # --- run folders ----------------------------------------------------------------------------------
 
 RUN_FILES = ("checkpoint.pt", "samples.png", "samples.npy", "trajectory.png", "forward.png",
-             "loss.png", "config.json", "summary.json")
+             "loss.png", "config.json", "summary.json", "prompts.png")
 
 
 def claim_run_folder(args, prefix="ddpm"):
@@ -94,6 +94,18 @@ def save_checkpoint(path, state):
 def load_checkpoint(run_dir):
     """The checkpoint in run_dir, checked as far as it can be before any work: its entries, and that
     its schedule and its U-Net can be built (a hand-edited file fails here, in one line)."""
+    ckpt = read_checkpoint(run_dir)
+    path = Path(run_dir) / "checkpoint.pt"
+    check_schedule(ckpt["meta"], path)
+    build_model(ckpt["meta"]["model_config"], ckpt["ema"], path)
+    return ckpt
+
+
+def read_checkpoint(run_dir, keys=CHECKPOINT_KEYS, meta_keys=META_KEYS,
+                    script="part2_diffusion.py"):
+    """The checkpoint in run_dir, read, with its entries and its meta's entries checked: a missing
+    file, a damaged one or one of another script is one line. The model is the caller's to build
+    (Part 2: load_checkpoint; Part 3 stores a text encoder and an autoencoder too)."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give the folder of a run that trained "
@@ -103,17 +115,14 @@ def load_checkpoint(run_dir):
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); "
                         "it is damaged or not ours")
-    keys = set(ckpt) if isinstance(ckpt, dict) else set()
-    missing = sorted(CHECKPOINT_KEYS - keys)
+    present = set(ckpt) if isinstance(ckpt, dict) else set()
+    missing = sorted(keys - present)
     if not missing:
         meta = ckpt["meta"]
         present = set(meta) if isinstance(meta, dict) else set()
-        missing = [f"meta[{k!r}]" for k in sorted(META_KEYS - present)]
+        missing = [f"meta[{k!r}]" for k in sorted(meta_keys - present)]
     if missing:
-        raise UserError(f"{path} is not a part2_diffusion.py checkpoint "
-                        f"(missing {', '.join(missing)})")
-    check_schedule(ckpt["meta"], path)
-    build_model(ckpt["meta"]["model_config"], ckpt["ema"], path)
+        raise UserError(f"{path} is not a {script} checkpoint (missing {', '.join(missing)})")
     return ckpt
 
 

@@ -442,19 +442,37 @@ class Schedule:
         return x, trajectory
 
 
-def classifier_free_guidance(model, y, scale, null_label):
-    """Turn a class-conditional model(x_t, t, y) -> eps_hat into a guided eps_fn(x_t, t) (Ho &
-    Salimans 2022).
+def guided_eps(eps_cond, eps_uncond, scale):
+    """Classifier-free guidance (Ho & Salimans 2022): the noise prediction that sampling follows,
+    from the model's prediction with the condition (eps_cond) and without it (eps_uncond), each
+    (B, ...):
 
         eps_hat = eps_uncond + scale * (eps_cond - eps_uncond)
 
-    scale = 1 is the plain conditional model, scale = 0 the unconditional one, scale > 1 pushes
-    samples towards their class. (Ho & Salimans write (1 + w) eps_cond - w eps_uncond:
-    scale = 1 + w.) y: long (B,) labels; null_label: the label the model was trained with when the
-    class was dropped. Both halves run as one batch of 2B: one model call per step.
+    scale = 1 is the plain conditional model, scale = 0 the unconditional one, and scale > 1 goes
+    past the conditional prediction, away from the unconditional one: samples that fit their
+    condition more clearly, at the cost of variety. (Ho & Salimans write (1 + w) eps_cond -
+    w eps_uncond: scale = 1 + w.)
     """
+    # BEGIN EXERCISE 12: classifier-free guidance
+    # HINT: start from eps_uncond and move `scale` times the step from eps_uncond to eps_cond
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+    # END EXERCISE
+
+
+def classifier_free_guidance(model, y, scale, null_label):
+    """Turn a conditional model(x_t, t, y) -> eps_hat into a guided eps_fn(x_t, t) for the
+    samplers, by guided_eps.
+
+    y: the conditions, (B,) class labels (Part 2) or (B, L) prompt tokens (Part 3). null_label: the
+    condition the model was trained with when the real one was dropped: an int label (the "no
+    label" class), or a tensor shaped like y (the empty prompt's tokens). Both halves, with and
+    without the condition, run as one batch of 2B: one model call per step.
+    """
+    null = torch.full_like(y, null_label) if isinstance(null_label, int) else null_label
+
     def eps_fn(x_t, t):
-        labels = torch.cat([y, torch.full_like(y, null_label)])
-        eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), labels).chunk(2)
-        return eps_uncond + scale * (eps_cond - eps_uncond)
+        eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                     torch.cat([y, null])).chunk(2)
+        return guided_eps(eps_cond, eps_uncond, scale)
     return eps_fn

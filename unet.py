@@ -177,8 +177,11 @@ class CrossAttention(nn.Module):
 
     x: (B, ch, H, W), context: (B, L, context_dim), mask: (B, L) bool, True for real tokens ->
     (B, ch, H, W): x plus, at each position, a mix of the tokens' values weighted by how well their
-    keys match that position's query. Padded tokens get weight exactly 0. One head, written out by
-    hand.
+    keys match that position's query. Each of the H*W positions has a query q (self.q of the
+    normalised x), each token a key k and a value v (self.k, self.v of its vector); the weights
+    are the softmax over the L tokens of q . k / sqrt(ch) (Vaswani et al. 2017, Eq. 1), and the
+    mix of values goes through self.proj before it is added to x. Padded tokens get weight
+    exactly 0 (a score of -inf). One head, written out by hand.
     """
 
     def __init__(self, ch, context_dim, groups):
@@ -191,6 +194,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, context, mask):
         B, C, H, W = x.shape
+        # BEGIN EXERCISE 11: cross-attention, the image reads the prompt
+        # HINT: q (B, HW, C) from self.norm(x), k and v from context; softmax over L, padding -inf
         q = self.q(self.norm(x).reshape(B, C, H * W).transpose(1, 2))     # (B, HW, C)
         k, v = self.k(context), self.v(context)                            # (B, L, C) each
         scores = q @ k.transpose(1, 2) / math.sqrt(C)                      # (B, HW, L)
@@ -198,6 +203,7 @@ class CrossAttention(nn.Module):
         weights = scores.softmax(dim=-1)                                   # over the L tokens
         h = self.proj(weights @ v)                                         # (B, HW, C)
         return x + h.transpose(1, 2).reshape(B, C, H, W)
+        # END EXERCISE
 
 
 class Level(nn.Module):

@@ -49,7 +49,7 @@ from outputs import UserError, check_writable, save_json
 
 # How many points (graded test functions) each exercise is out of. tests/test_assignment.py checks
 # them against the tests: change them when you add or remove a graded test.
-POINTS = {1: 2, 2: 3, 3: 4, 4: 3, 5: 2, 6: 8, 7: 6, 8: 4, 9: 6, 10: 2}
+POINTS = {1: 2, 2: 3, 3: 4, 4: 3, 5: 2, 6: 8, 7: 6, 8: 4, 9: 6, 10: 2, 11: 5, 12: 4}
 GRADE_TIMEOUT = 60  # seconds per test phase; the slowest graded test: ~2 s on a busy 2-core laptop
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -360,6 +360,9 @@ FORMULAS = {
     8: [r"10000(\.0)?\*\*\(?-", r"log\(10000", r"cat\(\[(torch\.)?\w*\.?sin\(\w*\),(torch\.)?\w*\.?cos\("],
     9: [r"conv1\(F\.silu\(self\.norm1\(", r"silu\(F\.group_norm\(", r"self\.time\(F\.silu\(emb\)\)"],
     10: [r"mse_loss\(\w+\(x_t,t,y\),eps\)", r"\(\w+\(x_t,t,y\)-eps\)(\*\*2|\.pow\(2\))"],
+    11: [r"@\w+\.transpose\(1,2\)/(math\.|torch\.)?sqrt\(", r"masked_fill\(~\w+\[:,None(,:)?\]",
+         r"scaled_dot_product_attention\(\w+,\w+,\w+,attn_mask"],
+    12: [r"(\w+)\+\w+\*\(\w+-\1\)", r"\(1\+\w+\)\*\w+-\w+\*\w+", r"(?<![\w.])lerp\("],
 }
 # How the tests once spelled some of them out (issue 13): the patterns must catch these too.
 OLD_SPELLINGS = {
@@ -369,6 +372,7 @@ OLD_SPELLINGS = {
     7: "return p.sqrt() * x0_hat + (1 - p - sigma2).sqrt() * eps, sigma2",
     8: "angles = t.double()[:, None] * w\nexpected = torch.cat([angles.sin(), angles.cos()], 1)",
     9: "h = F.conv2d(F.silu(F.group_norm(h, norm.num_groups, norm.weight, norm.bias)), conv.weight)",
+    12: "close(classifier_free_guidance(model, y, scale, null_label=10)(x, t), uncond + scale * (cond - uncond))",
 }
 
 

@@ -1,9 +1,20 @@
-"""Part 3's way in for the text: cross-attention in unet.py, and a U-Net that reads a prompt."""
+"""Part 3's way in for the text: cross-attention in unet.py, and a U-Net that reads a prompt.
+
+@pytest.mark.ex11 grades exercise 11, CrossAttention.forward. Its tests check what attention must
+do (one real token gets all the weight, padded tokens get none, the weights over the tokens sum to
+one, each position reads on its own) and, for what has no closed form, compare with the output
+stored in tests/reference_values.json (see tests/test_reference_values.py in the reference).
+"""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 import captions
 from unet import PRESETS, CrossAttention, UNet
+
+REFERENCE = json.loads((Path(__file__).parent / "reference_values.json").read_text())
 
 
 def setup(L=5, real=(3, 1), ch=16, dim=12, seed=0):
@@ -15,26 +26,80 @@ def setup(L=5, real=(3, 1), ch=16, dim=12, seed=0):
     return layer, x, context, mask
 
 
+def cross_attention_case():
+    """The layer, x, context and mask whose output tests/reference_values.json stores: two prompts
+    of 3 and 5 real tokens among 6, at 4 x 4 positions."""
+    layer, x, context, mask = setup(L=6, real=(3, 5), ch=8, dim=12, seed=3)
+    return layer, x[:, :, :4, :4].contiguous(), context, mask
+
+
+@pytest.mark.ex11
 def test_shape_and_one_token_gets_all_the_weight():
     layer, x, context, mask = setup(real=(1, 1))
     out = layer(x, context, mask)
-    assert out.shape == x.shape
+    assert out.shape == x.shape, f"CrossAttention returned shape {tuple(out.shape)} for x of " \
+                                 f"shape {tuple(x.shape)}; expected the shape of x"
     # With one real token its softmax weight is 1 at every position: x plus the projection of its
     # value.
     expected = x + layer.proj(layer.v(context[:, 0]))[:, :, None, None]
-    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(out, expected, atol=1e-5), (
+        "with one real token, every position should get x + self.proj(value of that token): its "
+        "weight is 1 and the padding's 0")
 
 
+@pytest.mark.ex11
 def test_padding_does_not_change_the_output():
     layer, x, context, mask = setup(real=(3, 1))
     out = layer(x, context, mask)
     scrambled = torch.where(mask[:, :, None], context, 1e3 * torch.randn_like(context))
-    assert torch.allclose(layer(x, scrambled, mask), out, atol=1e-5)  # padded tokens: weight 0
+    assert torch.allclose(layer(x, scrambled, mask), out, atol=1e-5), (
+        "changing the vectors of padded tokens (mask False) changed the output: give them "
+        "weight 0 (score -inf before the softmax)")
     more = torch.cat([context, torch.randn(2, 4, context.shape[2])], dim=1)
     more_mask = torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], dim=1)
-    assert torch.allclose(layer(x, more, more_mask), out, atol=1e-5)  # extra padding
+    assert torch.allclose(layer(x, more, more_mask), out, atol=1e-5), (
+        "four more padded tokens changed the output")
     # the real tokens matter
-    assert not torch.allclose(layer(x, context.roll(1, dims=1), mask), out)
+    assert not torch.allclose(layer(x, context.roll(1, dims=1), mask), out), (
+        "the output does not depend on which real tokens the prompt has")
+
+
+@pytest.mark.ex11
+@pytest.mark.parametrize("real", [(2, 5), (4, 3)])
+def test_the_weights_over_the_tokens_sum_to_one(real):
+    """If every real token is the same vector, any weights that sum to one over the tokens give
+    each position that token's value, whatever the positions' queries."""
+    layer, x, context, mask = setup(L=5, real=real)
+    same = torch.where(mask[:, :, None], context[:, :1], context)
+    out = layer(x, same, mask)
+    expected = x + layer.proj(layer.v(context[:, 0]))[:, :, None, None]
+    assert torch.allclose(out, expected, atol=1e-5), (
+        "with all real tokens equal, each position should get x + self.proj(their value): the "
+        "softmax must run over the L tokens (the last axis of the scores), not over positions")
+
+
+@pytest.mark.ex11
+def test_each_position_reads_the_prompt_on_its_own():
+    """Moving the pixels moves the output with them: a position's query comes from its own
+    features, and its weights from its query alone."""
+    layer, x, context, mask = setup(real=(3, 2))
+    order = torch.randperm(49, generator=torch.Generator().manual_seed(1))
+    shuffle = lambda images: images.flatten(2)[:, :, order].view_as(images)
+    assert torch.allclose(layer(shuffle(x), context, mask), shuffle(layer(x, context, mask)),
+                          atol=1e-5), "shuffling the pixels of x did not shuffle the output alike"
+
+
+@pytest.mark.ex11
+def test_cross_attention_matches_stored_values():
+    layer, x, context, mask = cross_attention_case()
+    with torch.no_grad():
+        out = layer(x, context, mask)
+    stored = torch.tensor(REFERENCE["cross_attention"], dtype=torch.float64)
+    assert out.shape == stored.shape, f"shape {tuple(out.shape)}, expected {tuple(stored.shape)}"
+    gap = (out.double() - stored).abs().max().item()
+    assert gap <= 1e-4, (
+        f"CrossAttention's output is off the stored values by up to {gap:.3g}: check the scaling "
+        "of the scores by 1 / sqrt(C), the softmax over the tokens, and self.proj before adding x")
 
 
 def test_a_unet_that_reads_a_prompt():

@@ -4,14 +4,16 @@ exercises' formulas written out.
     python tests/test_reference_values.py     # recompute the numbers from the reference and rewrite the file
 
 The graded tests compare results that have no closed form (one sampler step on given inputs, the cosine
-schedule's alpha_bar, the ResBlock's output, the exact moments of a sampler's output) with these numbers.
-They are computed once, here, from the reference solutions, and the moments from the papers' formulas
-written out independently of schedule.py. Students get the JSON file, numbers only; make_assignment.py leaves
-this file out of the student edition, because it spells out what the exercises ask for (Eqs. 7, 11, 12
-and 16, the cosine schedule, the timestep embedding, the ResBlock layer by layer).
+schedule's alpha_bar, the outputs of the ResBlock and of cross-attention, the exact moments of a sampler's
+output) with these numbers. They are computed once, here, from the reference solutions, and the moments from
+the papers' formulas written out independently of schedule.py. Students get the JSON file, numbers only;
+make_assignment.py leaves this file out of the student edition, because it spells out what the exercises
+ask for (Eqs. 7, 11, 12 and 16, the cosine schedule, the timestep embedding, the ResBlock layer by layer,
+cross-attention).
 
 Rerun it after changing anything the numbers depend on: the reference solutions, or the stand-in schedules,
-toy_model, the step inputs (tests/test_schedule.py) or resblock_case (tests/test_unet.py).
+toy_model, the step inputs (tests/test_schedule.py), resblock_case (tests/test_unet.py) or
+cross_attention_case (tests/test_cross_attention.py).
 test_stored_values_are_up_to_date fails until you do.
 """
 import json
@@ -28,6 +30,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from schedule import SCHEDULES, Schedule  # noqa: E402
 from test_schedule import (MU, SD, SHAPES, close, eps_star, stand_in, step_inputs, toy_model,  # noqa: E402
                            with_stand_in_posterior)
+from test_cross_attention import cross_attention_case  # noqa: E402
 from test_unet import resblock_case  # noqa: E402
 from unet import timestep_embedding  # noqa: E402
 
@@ -102,6 +105,8 @@ def make_reference_values():
     block, x, emb = resblock_case()
     with torch.no_grad():
         values["resblock"] = block(x, emb).double().tolist()
+        layer, x, context, mask = cross_attention_case()
+        values["cross_attention"] = layer(x, context, mask).double().tolist()
     for variance in ("beta", "beta_tilde"):
         for clip_x0 in (False, True):
             s = with_stand_in_posterior(stand_in(30))
@@ -147,7 +152,8 @@ def test_stored_values_are_up_to_date():
     stored, fresh = json.loads(PATH.read_text()), make_reference_values()
     assert sorted(stored) == sorted(fresh)
     for key in fresh:
-        rtol = 1e-5 if key == "resblock" else 1e-9  # float32 convolutions differ in the last digits across CPUs
+        # float32 convolutions and matrix products differ in the last digits across CPUs
+        rtol = 1e-5 if key in ("resblock", "cross_attention") else 1e-9
         a, b = torch.tensor(flat(stored[key]), dtype=torch.float64), torch.tensor(flat(fresh[key]), dtype=torch.float64)
         assert a.shape == b.shape and torch.allclose(a, b, rtol=rtol, atol=rtol), (
             f"{key} in {PATH.name} is out of date; run python tests/test_reference_values.py")
@@ -230,6 +236,26 @@ def test_resblock_follows_its_docstring_layer_by_layer():
         h = h + F.linear(F.silu(emb), block.time.weight, block.time.bias)[:, :, None, None]
         expected = F.conv2d(x, block.skip.weight, block.skip.bias) + conv_after_norm(h, block.norm2, block.conv2)
         assert torch.allclose(block(x, emb), expected, atol=1e-5)             # eval mode: dropout is off
+
+
+
+def test_cross_attention_follows_its_docstring():
+    """Scaled dot-product attention (Vaswani et al. 2017, Eq. 1) from the image's positions to the
+    real tokens, written out for one position and one prompt at a time."""
+    layer, x, context, mask = cross_attention_case()
+    B, C, H, W = x.shape
+    with torch.no_grad():
+        out = layer(x, context, mask)
+        h = layer.norm(x)
+        for b in range(B):
+            tokens = context[b][mask[b]]                                  # the real tokens only
+            keys, values = layer.k(tokens), layer.v(tokens)
+            for i in range(H):
+                for j in range(W):
+                    query = layer.q(h[b, :, i, j])
+                    weights = torch.softmax(keys @ query / math.sqrt(C), dim=0)
+                    expected = x[b, :, i, j] + layer.proj(weights @ values)
+                    assert torch.allclose(out[b, :, i, j], expected, atol=1e-5), (b, i, j)
 
 
 if __name__ == "__main__":

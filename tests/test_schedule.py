@@ -23,7 +23,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from schedule import SCHEDULES, Schedule, classifier_free_guidance, make_betas
+from schedule import SCHEDULES, Schedule, classifier_free_guidance, guided_eps, make_betas
 
 Z = NormalDist().inv_cdf(1 - 1e-6 / 2)  # ~4.9: two-sided false-alarm rate 1e-6 per comparison
 FAST = settings(max_examples=25, deadline=None)
@@ -582,8 +582,40 @@ def test_same_seed_same_samples(sampler):
         f"{sampler}: seeds 11 and 12 gave the same samples; draw z from `generator`")
 
 
-# --- classifier-free guidance ---------------------------------------------------------------------
+# --- classifier-free guidance (exercise 12) ------------------------------------------------------
 
+def eps_pair(seed, shape=(4, 3, 5, 5)):
+    """Two made-up noise predictions, with and without the condition (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64),
+            torch.randn(shape, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.ex12
+def test_guidance_at_scale_1_is_the_conditional_model_and_at_0_the_unconditional():
+    cond, uncond = eps_pair(0)
+    close(guided_eps(cond, uncond, 1.0), cond, "guided_eps at scale 1 (expected eps_cond, the "
+          "plain conditional model)", rtol=1e-12, atol=1e-12)
+    close(guided_eps(cond, uncond, 0.0), uncond, "guided_eps at scale 0 (expected eps_uncond, the "
+          "unconditional model)", rtol=1e-12, atol=1e-12)
+    assert guided_eps(cond.float(), uncond.float(), 2.5).dtype == torch.float32
+
+
+@pytest.mark.ex12
+@FAST
+@given(a=st.floats(-2, 10), b=st.floats(-2, 10), mix=st.floats(0, 1), seed=st.integers(0, 2 ** 31))
+def test_guidance_is_linear_in_the_scale(a, b, mix, seed):
+    """As the scale grows, the guided eps moves along the straight line through the unconditional
+    (scale 0) and the conditional (scale 1) predictions at a constant pace: at a weighted mean of
+    two scales it is the same weighted mean of their guided eps."""
+    cond, uncond = eps_pair(seed)
+    at = lambda scale: guided_eps(cond, uncond, scale)
+    close(at(mix * a + (1 - mix) * b), mix * at(a) + (1 - mix) * at(b),
+          f"guided_eps at scale {mix * a + (1 - mix) * b:.4g}, against the mix of scales "
+          f"{a:.4g} and {b:.4g}: guidance must be linear in the scale", rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.ex12
 def test_classifier_free_guidance():
     calls = []
 
@@ -594,13 +626,40 @@ def test_classifier_free_guidance():
     x, t, y = torch.randn(4, 3), torch.tensor([5, 5, 2, 0]), torch.tensor([0, 3, 1, 9])
     cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
     calls.clear()
-    for scale in (0.0, 1.0, 3.5):
-        close(classifier_free_guidance(model, y, scale, null_label=10)(x, t),
-              uncond + scale * (cond - uncond), f"guided eps at scale {scale}", rtol=1e-6,
-              atol=1e-5)  # float32
+    guided = {scale: classifier_free_guidance(model, y, scale, null_label=10)(x, t)
+              for scale in (0.0, 1.0, 3.5)}
+    close(guided[0.0], uncond, "guided eps at scale 0", rtol=1e-6, atol=1e-5)  # float32
+    close(guided[1.0], cond, "guided eps at scale 1", rtol=1e-6, atol=1e-5)
+    # at scale 3.5, 3.5 times as far from the unconditional eps as the conditional eps is
+    close(guided[3.5] - uncond, 3.5 * (cond - uncond), "guided eps at scale 3.5, minus the "
+          "unconditional eps", rtol=1e-6, atol=1e-5)
     assert calls == [8, 8, 8]  # both halves in one batched call
     close(classifier_free_guidance(model, y, 1.0, 10)(x, t), cond, "guided eps at scale 1",
           rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.ex12
+def test_classifier_free_guidance_with_a_prompt():
+    """Part 3: the condition is a prompt's tokens (B, L), and "no condition" the empty prompt's."""
+    calls = []
+
+    def model(x, t, ids):  # a text-conditioned "eps": depends on the words, the time and x
+        calls.append(len(ids))
+        return x * (1 + ids.float().mean(1, keepdim=True)) + t.view(-1, 1)
+
+    x, t = torch.randn(3, 4), torch.tensor([999, 500, 0])
+    ids = torch.tensor([[1, 2, 4, 15, 0], [1, 11, 0, 0, 0], [1, 20, 8, 0, 0]])  # made-up tokens
+    empty = torch.tensor([[1, 0, 0, 0, 0]]).expand_as(ids)
+    prompted, unprompted = model(x, t, ids), model(x, t, empty)
+    calls.clear()
+    for scale, expected, what in [(1.0, prompted, "the prompted model"),
+                                  (0.0, unprompted, "the empty prompt's")]:
+        close(classifier_free_guidance(model, ids, scale, null_label=empty)(x, t), expected,
+              f"guided eps at scale {scale:g}: expected {what}", rtol=1e-6, atol=1e-5)
+    guided = classifier_free_guidance(model, ids, -2.0, null_label=empty)(x, t)
+    close(guided - unprompted, -2 * (prompted - unprompted), "guided eps at scale -2, minus the "
+          "empty prompt's", rtol=1e-6, atol=1e-5)
+    assert calls == [6, 6, 6]  # both halves in one batched call
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -1,0 +1,538 @@
+"""Part 3: Stable Diffusion in miniature. Type a prompt, get a digit.
+
+    python part3_text_to_image.py                 # train 12 minutes, then draw prompts.png
+    python part3_text_to_image.py --sample-from runs/part3 --prompt "a thick seven" --n 16
+    python part3_text_to_image.py --sample-from runs/part3 --prompt ""    # no prompt at all
+    python part3_text_to_image.py --resume runs/part3 --minutes 10        # 10 minutes more
+
+Part 2's DDPM learned to draw digits (and, with --conditional, the digit of a label). Stable
+Diffusion (Rombach et al. 2022) is the same DDPM, with Algorithm 1 and the same samplers, plus
+three things, each of which has a file of its own here:
+
+1. A latent space (autoencoder.py). The diffusion model never sees a pixel. An autoencoder,
+   trained once and then frozen, turns each digit into a latent z of 3 x 8 x 8 numbers
+   (`encode_digits`, once, before training), the U-Net learns to denoise those latents, and the
+   decoder turns a sampled latent back into a digit (`generate`). Four times fewer numbers per
+   image, on an 8 x 8 grid instead of 28 x 28: every training and sampling step is cheaper.
+2. A text encoder and cross-attention (captions.py, unet.py). Each training digit gets a caption
+   made from its label and its measured stroke width and slant ("a thick seven slanted right"),
+   drawn afresh for every batch (`draw_batch`). captions.TextEncoder, a small transformer, turns
+   the tokens into one vector per word, and the U-Net's CrossAttention layers let every position
+   of the latent look the words up (exercise 11). Stable Diffusion uses a pretrained, frozen text
+   encoder (CLIP's); ours learns from scratch, together with the U-Net (`TextToImage`: one
+   network, one optimiser, Part 2's training_loss).
+3. Classifier-free guidance (schedule.py, exercise 12). In training the caption is replaced by
+   the empty prompt P_UNCOND of the time (10%), so the same network also learns to predict the
+   noise without a prompt. Each sampling step then moves from the unconditional prediction past
+   the prompted one, by --guidance (`generate`, through schedule.classifier_free_guidance with
+   the empty prompt's tokens as "no condition"). `python experiments.py guidance` measures what
+   that buys, and what it costs.
+
+The network (UNET and TEXT below) was chosen by timing a few candidates on one CPU thread: a U-Net
+of two levels, 8 x 8 and 4 x 4 with 32 and 64 channels, self- and cross-attention at both levels
+and in the middle, and a text encoder of two transformer layers of width 64. Wider U-Nets (48 or
+64 base channels) trained far fewer steps per second; a third level (2 x 2) was about as fast, but
+this one keeps attention at 8 x 8, where a digit's strokes are placed. Sampling is DDIM (Song et
+al. 2021), 50 steps, without the clamping of x0_hat to [-1, 1] that suits pixels but not latents
+(they have unit variance, not a range).
+
+A run writes to runs/part3/ (then part3-2, ...): prompts.png (8 digits for each of 16 prompts),
+loss.png, checkpoint.pt (the network and the autoencoder whose latents it learned), config.json
+and summary.json; with --prompt also samples.png and samples.npy. --sample-from writes to a
+folder under samples/ in the run, named after the flags that change the samples.
+
+Next: experiments.py, `guidance_experiment`: guidance's trade-off, measured.
+"""
+import copy
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import autoencoder
+import captions
+import data
+import metrics
+import part2_diffusion
+import plots
+from outputs import (HelpFormatter, Progress, UserError, arg_parser, atomic_write, check_writable,
+                     finite_float, pick_threads, remove_orphans, run_main, save_figure, save_json)
+from part2_diffusion import (Saver, Trained, finite, gradient_step, learning_rate, pick_device,
+                             probe_batch, restore, stop_requests, training_loss, update_ema)
+from runs import (CHECKPOINT_KEYS, check_resumable, check_schedule, claim_run_folder,
+                  clear_old_run, read_checkpoint, unclaim)
+from schedule import Schedule, classifier_free_guidance
+from unet import UNet
+
+LATENT = (autoencoder.LATENT_CHANNELS, 8, 8)
+UNET = dict(image_size=8, in_channels=LATENT[0], base_channels=32, channel_mults=[1, 2],
+            num_res_blocks=1, attention=[0, 1], dropout=0.0, num_classes=None, norm_groups=8)
+TEXT = dict(dim=64, layers=2, heads=4)  # captions.TextEncoder; its width is the U-Net's context_dim
+SCHEDULE, T = part2_diffusion.SCHEDULE, part2_diffusion.T
+BATCH_SIZE = 64
+LR = part2_diffusion.LR  # measured against 1e-3 in short runs: no worse
+EMA_DECAY = 0.999
+P_UNCOND = 0.1        # how often a caption is replaced by the empty prompt in training
+STEPS = 100_000       # on a CPU, --minutes stops training first
+MINUTES = 12.0        # training only: the cached autoencoder, prompts.png and figures fit in 15
+GUIDANCE = 3.0
+SAMPLING_STEPS = 50
+N_SAMPLES = 64
+EMPTY = ""            # the empty prompt: the "no condition" of classifier-free guidance
+GRID_COLUMNS = 8
+GRID_PROMPTS = [*captions.DIGITS, "thin two", "thick two", "a thin seven slanted left",
+                "a thick seven slanted right", "a four slanted left", "a four slanted right"]
+META_KEYS = {"dataset", "model_config", "text_config", "schedule", "batch_size", "lr",
+             "ema_decay", "p_uncond", "seed"}
+
+
+def get_args(argv=None):
+    p = arg_parser(description="Train a small text-to-image latent diffusion model on captioned "
+                               "MNIST digits, or draw digits from a prompt.",
+                   formatter_class=HelpFormatter)
+    p.add_argument("--data-dir", default="data",
+                   help="MNIST, and the autoencoder cached by autoencoder.py")
+    g = p.add_argument_group("training", "--resume and --sample-from keep the run's own "
+                                         "--batch-size, --lr, --ema and --p-uncond")
+    g.add_argument("--steps", type=int, default=STEPS, help="total optimiser steps to train for")
+    g.add_argument("--minutes", type=finite_float, default=MINUTES,
+                   help="stop training after this many minutes, even if --steps is not reached")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"latents per optimiser step (default {BATCH_SIZE})")
+    g.add_argument("--lr", type=finite_float, default=None,
+                   help=f"AdamW peak learning rate (default {LR})")
+    g.add_argument("--ema", type=finite_float, default=None,
+                   help=f"decay of the moving average of the weights (default {EMA_DECAY})")
+    g.add_argument("--p-uncond", type=finite_float, default=None,
+                   help=f"how often a caption is replaced by the empty prompt (default {P_UNCOND})")
+    g.add_argument("--ckpt-every", type=int, default=500,
+                   help="save a checkpoint every this many steps")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue training the run in RUN_DIR")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sample-from", metavar="RUN_DIR",
+                   help="skip training: draw from RUN_DIR's checkpoint")
+    g.add_argument("--prompt", default=None,
+                   help='also draw --n digits of this prompt ("" is the empty prompt: the '
+                        "unconditional model); --sample-from then draws only these, without it "
+                        "prompts.png")
+    g.add_argument("--n", type=int, default=N_SAMPLES, help="how many digits of --prompt to draw")
+    g.add_argument("--guidance", type=finite_float, default=GUIDANCE,
+                   help="classifier-free guidance scale: 0 ignores the prompt, 1 is the plain "
+                        "conditional model, more follows the prompt more closely")
+    g.add_argument("--sampling-steps", type=int, default=SAMPLING_STEPS, help="DDIM steps")
+    g = p.add_argument_group("run")
+    g.add_argument("--name", default=None,
+                   help="run folder name under --runs (default: part3, part3-2, ...)")
+    g.add_argument("--runs", default="runs", help="folder that holds the run folders")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in an existing folder")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, batches and samples")
+    g.add_argument("--device", default="auto",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    """Refuse bad flags, and a prompt with a word outside the vocabulary, before any work."""
+    for flag in ("n", "steps", "batch_size", "sampling_steps", "ckpt_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.minutes <= 0 or (args.lr is not None and args.lr <= 0):
+        raise UserError("--minutes and --lr must be positive")
+    if args.ema is not None and not 0 <= args.ema < 1:
+        raise UserError(f"--ema must be in [0, 1), got {args.ema}")
+    if args.p_uncond is not None and not 0 <= args.p_uncond <= 1:
+        raise UserError(f"--p-uncond must be in [0, 1], got {args.p_uncond}")
+    if args.sampling_steps > T:
+        raise UserError(f"--sampling-steps {args.sampling_steps} exceeds T = {T}")
+    if args.resume and args.sample_from:
+        raise UserError("--resume and --sample-from are exclusive: train more, or only sample")
+    if args.prompt is not None:
+        captions.tokenize([args.prompt])  # an unknown word: one line that lists the vocabulary
+
+
+def settle_flags(args, meta, where):
+    """The flags that define a run: the defaults for a new one (meta None); for --resume and
+    --sample-from (`where`) the run's own, refusing a flag given that contradicts them."""
+    given = dict(batch_size=args.batch_size, lr=args.lr, ema=args.ema, p_uncond=args.p_uncond)
+    if meta is None:
+        defaults = dict(batch_size=BATCH_SIZE, lr=LR, ema=EMA_DECAY, p_uncond=P_UNCOND)
+        vars(args).update({k: defaults[k] if v is None else v for k, v in given.items()})
+        return
+    kept = dict(batch_size=meta["batch_size"], lr=meta["lr"], ema=meta["ema_decay"],
+                p_uncond=meta["p_uncond"])
+    clashes = [f"--{k.replace('_', '-')} {v} (the run has {kept[k]})"
+               for k, v in given.items() if v is not None and v != kept[k]]
+    if clashes:
+        raise UserError(f"{where} keeps the settings the run was trained with; drop the flags "
+                        f"that contradict them: {', '.join(clashes)}")
+    vars(args).update(kept)
+
+
+# --- the network: text encoder and U-Net as one -----------------------------------------------
+
+class TextToImage(nn.Module):
+    """eps_theta(z_t, t, prompt): the text encoder and the U-Net, trained together as one network.
+
+    forward(z_t, t, ids): noisy latents z_t (B, 3, 8, 8), timesteps t (B,) and prompt tokens ids
+    (B, L) from captions.tokenize -> eps_hat (B, 3, 8, 8). It has the form model(x_t, t, y) of
+    Part 2's conditional U-Net, with the prompt as y, so that Part 2's training_loss and
+    schedule.py's classifier_free_guidance use it as they are.
+    """
+
+    def __init__(self, unet_config, text_config):
+        super().__init__()
+        self.text = captions.TextEncoder(**text_config)
+        self.unet = UNet(**unet_config)
+
+    def forward(self, z_t, t, ids):
+        context, mask = self.text(ids)                  # one vector per token, and real tokens
+        return self.unet(z_t, t, context=context, mask=mask)
+
+
+def new_network():
+    return TextToImage(dict(UNET, context_dim=TEXT["dim"]), TEXT)
+
+
+def build(meta, state, path):
+    """A TextToImage with a checkpoint's configuration and weights, or one line saying why not."""
+    try:
+        model = TextToImage(meta["model_config"], meta["text_config"])
+        model.load_state_dict(state)
+    except Exception as e:  # a hand-edited configuration can fail in any way: input, not our bug
+        raise UserError(f"the network in {path} cannot be built from its configuration "
+                        f"({type(e).__name__})") from None
+    return model
+
+
+def stored_autoencoder(state, path):
+    model = autoencoder.Autoencoder()
+    try:
+        model.load_state_dict(state)
+    except Exception as e:
+        raise UserError(f"the autoencoder stored in {path} does not load ({type(e).__name__})") \
+            from None
+    return model.eval().requires_grad_(False)
+
+
+def load_run(run_dir):
+    """A Part 3 checkpoint, checked before any work. Returns (ckpt, EMA network, autoencoder)."""
+    ckpt = read_checkpoint(run_dir, CHECKPOINT_KEYS | {"autoencoder"}, META_KEYS,
+                           "part3_text_to_image.py")
+    path = Path(run_dir) / "checkpoint.pt"
+    check_schedule(ckpt["meta"], path)
+    ema = build(ckpt["meta"], ckpt["ema"], path).eval()
+    return ckpt, ema, stored_autoencoder(ckpt["autoencoder"], path)
+
+
+# --- training (Algorithm 1, in the latent space, with captions) ----------------------------------
+
+def setup(args, ckpt):
+    """The training digits, the autoencoder, the network and the run's metadata: new (the
+    autoencoder cached in --data-dir, trained first if missing), or as a checkpoint stores them."""
+    images, labels, used = data.load("mnist", args.data_dir, train=True)  # one line if missing
+    if ckpt is not None:
+        path = Path(args.resume) / "checkpoint.pt"
+        meta = ckpt["meta"]
+        return (images, labels, stored_autoencoder(ckpt["autoencoder"], path),
+                build(meta, ckpt["model"], path), meta)
+    ae = autoencoder.load_or_train(args.data_dir)
+    torch.manual_seed(args.seed)  # after the autoencoder: the same start, cached or not
+    model = new_network()
+    meta = dict(dataset=used, model_config=model.unet.config, text_config=TEXT,
+                schedule=dict(name=SCHEDULE, T=T), batch_size=args.batch_size, lr=args.lr,
+                ema_decay=args.ema, p_uncond=args.p_uncond, seed=args.seed)
+    return images, labels, ae, model, meta
+
+
+@torch.no_grad()
+def encode_digits(ae, images, labels, device):
+    """What training needs of the digits, computed once: their latents z0 (N, 3, 8, 8) on
+    `device`, and, for the captions, their labels, stroke widths and slants (captions.measure)."""
+    chunks = images.split(1000)  # in chunks: measure's temporaries then fit in the CPU's cache
+    latents = torch.cat([ae.encode(x) for x in chunks])
+    width, slant = torch.cat([torch.stack(captions.measure(x)) for x in chunks], dim=1)
+    return dict(latents=latents.to(device), labels=labels.tolist(), width=width.tolist(),
+                slant=slant.tolist())
+
+
+def draw_batch(digits, meta, step):
+    """z0 ~ q(z0): a batch of latents (B, 3, 8, 8), drawn with replacement, and the tokens (B, L)
+    of a caption for each. Every caption is drawn afresh (which words it keeps, the digit as a word
+    or a numeral: captions.caption), and is the empty prompt a fraction p_uncond of the time
+    (classifier-free guidance). The captions' random numbers come from the seed and the step, so
+    that --resume draws the same captions as one long run would."""
+    latents = digits["latents"]
+    idx = torch.randint(0, len(latents), (meta["batch_size"],), device=latents.device)
+    rng = random.Random(meta["seed"] * 1_000_003 + step)
+    prompts = [EMPTY if rng.random() < meta["p_uncond"] else
+               captions.caption(digits["labels"][i], digits["width"][i], digits["slant"][i], rng)
+               for i in idx.tolist()]
+    return latents[idx], captions.tokenize(prompts).to(latents.device)
+
+
+def probe(digits, sched, device):
+    """Part 2's probe_batch, which Saver tests the weights on, for the first 16 latents with a
+    caption each (from a generator of their own: the run's random numbers do not move)."""
+    rng = random.Random(0)
+    prompts = [captions.caption(digits["labels"][i], digits["width"][i], digits["slant"][i], rng)
+               for i in range(16)]
+    return probe_batch(digits["latents"][:16].cpu(), captions.tokenize(prompts), sched, device)
+
+
+def start_run_folder(run_dir, args, meta, model, overwrite):
+    """Clear an --overwrite'n run's files, then write config.json."""
+    if overwrite:
+        clear_old_run(run_dir)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    save_json(run_dir / "config.json", dict(
+        meta, steps=args.steps, minutes=args.minutes, warmup=part2_diffusion.WARMUP,
+        lr_decay=part2_diffusion.LR_DECAY, grad_clip=part2_diffusion.GRAD_CLIP,
+        unet_parameters=count(model.unet), text_encoder_parameters=count(model.text)))
+
+
+def train(args, run_dir, device, ckpt=None, overwrite=False):
+    """Algorithm 1 with Part 2's helpers, on latents and captions:
+
+        repeat
+            (z0, caption) ~ data;  the caption is the empty prompt 10% of the time
+            t ~ Uniform({1, ..., T});  eps ~ N(0, I);  z_t = sqrt(alpha_bar_t) z0 + ...
+            gradient step on ||eps - eps_theta(z_t, t, caption)||^2, for U-Net and text encoder
+        until --steps, --minutes, Ctrl-C or SIGTERM
+
+    Returns (a part2_diffusion.Trained, the autoencoder)."""
+    images, labels, ae, model, meta = setup(args, ckpt)
+    digits = encode_digits(ae, images, labels, device)
+    sched = Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
+    step, history = restore(ckpt, ema, opt)
+    start_run_folder(run_dir, args, meta, model, overwrite)
+    saver = Saver(run_dir, meta, probe(digits, sched, device), ckpt,
+                  extra=dict(autoencoder=ae.state_dict()))
+    meter = Progress(args.steps, "step", done=step, seconds=60 * args.minutes)
+    with stop_requests() as stop:
+        while step < args.steps and not stop and not meter.out_of_time():
+            z0, ids = draw_batch(digits, meta, step)         # latents, and their captions
+            loss = training_loss(model, sched, z0, ids)      # t, eps and the loss: lines 3-5
+            saver.check(loss, step + 1)
+            gradient_step(model, opt, loss, lr=learning_rate(step, meta["lr"], meter.used()))
+            step += 1
+            update_ema(ema, model, step, meta["ema_decay"])
+            history.append(loss.item())
+            if step % args.ckpt_every == 0:
+                saver.save(model, ema, opt, step, history)
+            meter.tick(f"loss {np.mean(history[-50:]):.4f}")
+        meter.close()
+        saver.save(model, ema, opt, step, history)
+    return Trained(ema, sched, meta, history, step, meter.seconds(), bool(stop)), ae
+
+
+# --- sampling: DDIM in the latent space, guided by the prompt, then decoded ---------------------
+
+@torch.no_grad()
+def generate(model, ae, sched, prompts, guidance, steps, seed, device):
+    """One digit for each of `prompts` (B strings). DDIM from z_T ~ N(0, I), each step guided
+    towards the prompt by classifier-free guidance (the empty prompt is the unconditional
+    prediction; one batched network call per step), then the decoder. model and ae live on
+    `device`. Returns (images (B, 1, 28, 28) in [-1, 1], seconds)."""
+    ids = captions.tokenize(prompts).to(device)
+    empty = captions.tokenize([EMPTY]).to(device)
+    gen = torch.Generator(device).manual_seed(seed)
+    chunk = 1000 if device.type == "cuda" else 256  # a GPU is idle on small batches; a CPU is not
+    meter = Progress(math.ceil(len(prompts) / chunk) * steps,
+                     f"sampling {len(prompts)} digits, DDIM-{steps}, guidance {guidance:g}")
+    images = []
+    for i in range(0, len(prompts), chunk):
+        y = ids[i:i + chunk]
+        guided = classifier_free_guidance(model, y, guidance, null_label=empty.expand_as(y))
+
+        def eps_fn(z_t, t, guided=guided):
+            eps_hat = finite(guided(z_t, t))
+            meter.tick()
+            return eps_hat
+        z0, _ = sched.ddim_sample_loop(eps_fn, (len(y), *LATENT), steps=steps, generator=gen,
+                                       device=device, clip_x0=False)
+        images.append(ae.decode(z0).clamp(-1, 1).cpu())
+    meter.close()
+    return torch.cat(images), meter.seconds()
+
+
+def prompted_digit(prompt):
+    """The digit a prompt names, as a word or a numeral ("seven", "7"), or None."""
+    for word in prompt.lower().split():
+        if word in captions.DIGITS:
+            return captions.DIGITS.index(word)
+        if word.isdigit():
+            return int(word)
+    return None
+
+
+def digit_accuracy(classifier, images, prompts):
+    """The fraction of the images that metrics.py's classifier reads as the digit their prompt
+    names (prompts that name none are left out); None if no prompt names one."""
+    digits = [prompted_digit(p) for p in prompts]
+    keep = [i for i, d in enumerate(digits) if d is not None]
+    if not keep:
+        return None
+    read = metrics.predict(classifier, images[keep]).argmax(1)
+    return float((read == np.array([digits[i] for i in keep])).mean())
+
+
+def cached_classifier(data_dir):
+    """metrics.py's classifier if it is cached in data_dir (never trained here), else None."""
+    if not (Path(data_dir) / metrics.CLASSIFIER_FILE).exists():
+        return None
+    try:
+        return metrics.load_or_train_classifier(data_dir, log=lambda *_: None)[0]
+    except UserError as e:  # a damaged cache: the samples are saved all the same
+        print(f"no accuracy: {e}", file=sys.stderr)
+        return None
+
+
+def image_table(cells, rows, columns, path, title):
+    """A figure of image rows: cells[r][c], (k, 1, 28, 28) in [-1, 1], side by side in row r
+    (named rows[r]) and column c (named columns[c]). prompts.png and experiments.py use it."""
+    import matplotlib.pyplot as plt  # plots.py has set it to draw to files only
+    k = max(len(images) for row in cells for images in row)
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, layout="constrained",
+                             figsize=(0.75 * k * len(columns) + 2.5, 0.8 * len(rows) + 0.8))
+    for r, row in enumerate(cells):
+        for c, images in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(plots.to_image(plots.tile(images, len(images))), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(rows[r], rotation=0, ha="right", va="center", fontsize=9)
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def draw_grid(args, out, model, ae, sched, device, title):
+    """GRID_COLUMNS digits for each of GRID_PROMPTS -> out/prompts.png. Returns summary entries."""
+    prompts = [p for p in GRID_PROMPTS for _ in range(GRID_COLUMNS)]
+    images, seconds = generate(model, ae, sched, prompts, args.guidance, args.sampling_steps,
+                               args.seed, device)
+    cells = [[images[r * GRID_COLUMNS:(r + 1) * GRID_COLUMNS]] for r in range(len(GRID_PROMPTS))]
+    image_table(cells, [f'"{p}"' for p in GRID_PROMPTS], [""], out / "prompts.png", title)
+    classifier = cached_classifier(args.data_dir)
+    return dict(grid_prompts=GRID_PROMPTS, grid_seconds=round(seconds, 1),
+                grid_digit_accuracy=classifier and digit_accuracy(classifier, images, prompts))
+
+
+def draw_prompt(args, out, model, ae, sched, device, title):
+    """--n digits of --prompt -> out/samples.png and samples.npy. Returns summary entries."""
+    prompts = [args.prompt] * args.n
+    images, seconds = generate(model, ae, sched, prompts, args.guidance, args.sampling_steps,
+                               args.seed, device)
+    atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, images.numpy().astype(np.float32)))
+    plots.sample_grid(images, out / "samples.png", f'"{args.prompt}": {title}')
+    width, slant = captions.measure(images)
+    classifier = cached_classifier(args.data_dir)
+    return dict(prompt=args.prompt, n=args.n, sampling_seconds=round(seconds, 1),
+                digit_accuracy=classifier and digit_accuracy(classifier, images, prompts),
+                mean_stroke_width=round(float(width.mean()), 3),
+                mean_slant=round(float(slant.mean()), 3))
+
+
+def draw(args, out, model, ae, sched, history, trained, device, grid):
+    """prompts.png (if `grid`) and --prompt's digits (if given), then summary.json. Returns the
+    summary."""
+    title = (f"guidance {args.guidance:g}, DDIM-{args.sampling_steps}, seed {args.seed} "
+             f"(step {trained['steps']})")
+    summary = dict(trained, guidance=args.guidance, sampling_steps=args.sampling_steps,
+                   seed=args.seed,
+                   final_loss=round(float(np.mean(history[-100:])), 4) if history else None)
+    if grid:
+        summary.update(draw_grid(args, out, model, ae, sched, device, title))
+    if args.prompt is not None:
+        summary.update(draw_prompt(args, out, model, ae, sched, device, title))
+    save_json(out / "summary.json", summary)
+    drawn = ["prompts.png"] * grid + [f"{args.n} digits of {args.prompt!r}"] * (
+        args.prompt is not None)
+    accuracy = summary.get("digit_accuracy", summary.get("grid_digit_accuracy"))
+    print(f"drew {' and '.join(drawn)} into {out}" + ("" if accuracy is None else
+          f"; the classifier reads the prompted digit in {accuracy:.0%} of them"))
+    return summary
+
+
+def sample_folder_name(args):
+    """The folder under samples/ for a --sample-from draw, named after every flag that changes it:
+    prompts-guidance3-ddim50-seed0, a-thick-seven-guidance3-ddim50-n16-seed0, empty-prompt-..."""
+    if args.prompt is None:
+        what = "prompts"
+    else:
+        what = "-".join(args.prompt.lower().split()) or "empty-prompt"
+    n = "" if args.prompt is None else f"-n{args.n}"
+    return f"{what}-guidance{args.guidance:g}-ddim{args.sampling_steps}{n}-seed{args.seed}"
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def main(argv=None):
+    run(get_args(argv))
+
+
+def run(args):
+    """Train then draw, or only draw (--sample-from). Returns the summary (what summary.json
+    holds), or None if Ctrl-C or SIGTERM stopped training. experiments.py calls it with
+    outputs.settings(get_args, **flags) for args."""
+    check_args(args)
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        pick_threads()  # one per idle core: see outputs.pick_threads
+    if args.sample_from:
+        return sample_from(args, device)
+    return train_then_sample(args, device)
+
+
+def sample_from(args, device):
+    ckpt, model, ae = load_run(args.sample_from)
+    settle_flags(args, ckpt["meta"], "--sample-from")
+    sched = Schedule(ckpt["meta"]["schedule"]["name"], ckpt["meta"]["schedule"]["T"])
+    if args.sampling_steps > sched.T:
+        raise UserError(f"--sampling-steps {args.sampling_steps} exceeds the run's T = {sched.T}")
+    out = Path(args.sample_from) / "samples" / sample_folder_name(args)
+    check_writable(out, "--sample-from")
+    remove_orphans(out)
+    return draw(args, out, model.to(device), ae.to(device), sched, ckpt["history"],
+                dict(steps=ckpt["step"]), device, grid=args.prompt is None)
+
+
+def train_then_sample(args, device):
+    ckpt = load_run(args.resume)[0] if args.resume else None
+    if ckpt is not None:
+        check_resumable(ckpt, args.resume)
+    settle_flags(args, ckpt and ckpt["meta"], "--resume")
+    if args.resume:
+        out, made = check_writable(args.resume, "--resume"), []
+        remove_orphans(out)  # what a killed run left half-written
+    else:
+        out, made = claim_run_folder(args, prefix="part3")
+    print(f"run folder: {out}; {torch.get_num_threads()} torch threads", file=sys.stderr)
+    try:
+        result, ae = train(args, out, device, ckpt, overwrite=out not in made and not args.resume)
+    except BaseException:
+        unclaim(made)  # failed before writing anything: leave no empty folder behind
+        raise
+    plots.loss_curve(result.history, out / "loss.png")
+    if result.interrupted:
+        print(f"interrupted: checkpoint saved at step {result.steps} in {out}; continue "
+              f"training with --resume {out}, or draw with --sample-from {out}", file=sys.stderr)
+        return None
+    trained = dict(steps=result.steps, train_seconds=result.seconds)
+    return draw(args, out, result.ema, ae.to(device), result.sched, result.history, trained,
+                device, grid=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
