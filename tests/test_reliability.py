@@ -122,12 +122,14 @@ def test_two_runs_started_together_with_one_name_never_share_it(mnist_dir, tmp_p
 # --- 3. every flag that changes the samples names their folder ------------------------------------
 
 @pytest.mark.parametrize("argv, name", [
-    ([], "ddpm-n64-seed0"),                      # the defaults keep the handout's names
+    ([], "ddpm250-n64-seed0"),                   # the default sampler: DDPM on 250 steps
     (["--sampler", "ddim"], "ddim50-n64-seed0"),
     (["--sampler", "ddim", "--sampling-steps", "10", "--n", "8"], "ddim10-n8-seed0"),
     (["--sampler", "ddim", "--eta", "0.5"], "ddim50-eta0.5-n64-seed0"),
-    (["--labels", "3", "7", "--guidance", "2"], "ddpm-labels3-7-guidance2-n64-seed0"),
-    (["--guidance", "1.5", "--seed", "3"], "ddpm-guidance1.5-n64-seed3"),
+    (["--labels", "3", "7", "--guidance", "2"], "ddpm250-labels3-7-guidance2-n64-seed0"),
+    (["--guidance", "1.5", "--seed", "3"], "ddpm250-guidance1.5-n64-seed3"),
+    (["--sampling-steps", "1000", "--T", "1000"], "ddpm-n64-seed0"),  # all T steps: Algorithm 2
+    (["--sampler", "dpm-solver"], "dpm-solver20-n64-seed0"),
 ])
 def test_the_samples_folder_names_every_flag_that_changes_them(argv, name):
     assert part2_diffusion.sample_folder_name(part2_diffusion.get_args(argv)) == name
