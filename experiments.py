@@ -205,18 +205,18 @@ def plot_schedules(result, path):
 def gan_experiment(argv):
     """The DDPM of part2_diffusion.py against the DCGAN of gan_baseline.py, each trained for the same
     --minutes on this machine with its default settings. The DDPM is trained once (seed 0; --ddpm-seeds for
-    more) and scored on N DDIM-50 samples; it also draws --ddpm-n images with its own 1000-step sampler
-    (Algorithm 2), to time it. The DCGAN is trained once per --seeds, to show how much a GAN run depends on
-    its seed. Every set of samples is scored with metrics.py against the 10,000 MNIST test digits; FID
-    depends on N, so compare rows at equal N only.
+    more) and scored on N samples of its default sampler (DDPM on 250 respaced steps); it also draws
+    --ddpm-n images with all 1000 steps of Algorithm 2, to time it. The DCGAN is trained once per
+    --seeds, to show how much a GAN run depends on its seed. Every set of samples is scored with
+    metrics.py against the 10,000 MNIST test digits; FID depends on N, so compare rows at equal N only.
 
     One table: quality (FID, precision, recall), mode coverage (KL from uniform, classes present),
     confidence, and the sampling cost (network evaluations per image, seconds for the N images). Writes
     OUT/gan.json, OUT/gan_samples.png (64 samples of each run side by side) and OUT/gan_losses.png (the
     training losses of every run). Needs real MNIST; trains the classifier of metrics.py first if needed.
 
-    Time on a 2-core laptop CPU (one thread), defaults: 4 x 10 minutes of training, plus about 3 minutes of
-    DDIM-50 and 3 of DDPM-1000 sampling: about 50 minutes. A quick look: --minutes 1 --n 500.
+    Time on a 2-core laptop CPU (one thread), defaults: 4 x 10 minutes of training, plus about 6 minutes of
+    DDPM-250 and 2 of DDPM-1000 sampling: about 50 minutes. A quick look: --minutes 1 --n 500.
     """
     import contextlib
     import inspect
@@ -274,9 +274,11 @@ def gan_experiment(argv):
     with tempfile.TemporaryDirectory(prefix="gan-") as runs, quiet:
         for seed in args.ddpm_seeds:
             run_dir = Path(runs) / f"ddpm-seed{seed}"
-            ddpm = add_row("DDPM, DDIM-50", seed, part2_diffusion.run(settings(
+            summary = part2_diffusion.run(settings(
                 part2_diffusion.get_args, **common, dataset="mnist", runs=runs,
-                name=run_dir.name, seed=seed, n=args.n, sampler="ddim", sampling_steps=50)))
+                name=run_dir.name, seed=seed, n=args.n))
+            sampler = f"{summary['sampler'].upper()}-{summary['sampling_steps']}" if summary else ""
+            ddpm = add_row(f"DDPM, {sampler}", seed, summary)
             if ddpm["steps"] < part2_diffusion.STEPS and \
                     ddpm["train_seconds"] < 60 * args.minutes:
                 raise UserError(f"the DDPM stopped after {ddpm['train_seconds']} s of "
@@ -285,11 +287,11 @@ def gan_experiment(argv):
             if args.ddpm_n:
                 row = add_row("DDPM, DDPM-1000", seed, part2_diffusion.run(settings(
                     part2_diffusion.get_args, sample_from=str(run_dir), sampler="ddpm",
-                    n=args.ddpm_n, seed=seed, data_dir=args.data_dir, device=str(device))))
+                    sampling_steps=part2_diffusion.T, n=args.ddpm_n, seed=seed, data_dir=args.data_dir, device=str(device))))
                 row["train_seconds"] = ddpm["train_seconds"]  # the same model: sampled again
             ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
             losses.append((f"DDPM seed {seed}", {"L_simple": ckpt["history"]}))
-            grids.append((f"DDPM seed {seed}, DDIM-50\n{ddpm['steps']} steps",
+            grids.append((f"DDPM seed {seed}, {sampler}\n{ddpm['steps']} steps",
                           np.load(run_dir / "samples.npy")[:64]))
         for seed in args.seeds:
             run_dir = Path(runs) / f"gan-seed{seed}"
@@ -543,7 +545,7 @@ def plot_guidance_tradeoff(result, path):
     ax.axhline(0.1, ls=":", color="grey", lw=1)
     ax.set(xlabel=f"FID of the digit-prompt samples, N = {rows[0]['n']} (lower is better)",
            ylabel="accuracy", ylim=(0, 1.02),
-           title=f"Guidance scale (labels): fitting the prompt against quality ({result['run']}, "
+           title=f"Guidance scale: fitting the prompt against quality ({result['run']}, "
                  f"step {result['steps']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -322,7 +322,7 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
     probe = probe_batch(images, labels if meta["conditional"] else None, sched, device)
     saver = Saver(run_dir, meta, probe, ckpt)
     images, labels = images.to(device), labels.to(device)
-    meter = Progress(args.steps, "step", done=step, seconds=60 * args.minutes)
+    meter = Progress(args.steps, "training", done=step, seconds=60 * args.minutes)
     with stop_requests() as stop:
         while step < args.steps and not stop and not meter.out_of_time():
             x0, y = draw_batch(images, labels, meta)        # x0 ~ q(x0), with its label

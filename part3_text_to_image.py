@@ -28,11 +28,12 @@ three things, each of which has a file of its own here:
    the empty prompt's tokens as "no condition"). `python experiments.py guidance` measures what
    that buys, and what it costs.
 
-The network (UNET and TEXT below) was chosen by timing a few candidates on one CPU thread: a U-Net
-of two levels, 8 x 8 and 4 x 4 with 32 and 64 channels, self- and cross-attention at both levels
-and in the middle, and a text encoder of two transformer layers of width 64. Wider U-Nets (48 or
-64 base channels) trained far fewer steps per second; a third level (2 x 2) was about as fast, but
-this one keeps attention at 8 x 8, where a digit's strokes are placed. Sampling is DDIM (Song et
+The network (UNET and TEXT below) was chosen by timing candidates and measuring two of them: a
+U-Net of two levels, 8 x 8 and 4 x 4 with 16 and 32 channels, self- and cross-attention at both
+levels and in the middle, and a text encoder of two transformer layers of width 64. Twice the
+channels trained half as many steps in the same 12 minutes, and drew the prompted digit slightly
+more often at the same FID (BENCHMARKS.md, "Part 3"); wider still was slower still. Attention stays
+at 8 x 8, where a digit's strokes are placed. Sampling is DDIM (Song et
 al. 2021), 50 steps, without the clamping of x0_hat to [-1, 1] that suits pixels but not latents
 (they have unit variance, not a range).
 
@@ -69,7 +70,7 @@ from schedule import Schedule, classifier_free_guidance
 from unet import UNet
 
 LATENT = (autoencoder.LATENT_CHANNELS, 8, 8)
-UNET = dict(image_size=8, in_channels=LATENT[0], base_channels=32, channel_mults=[1, 2],
+UNET = dict(image_size=8, in_channels=LATENT[0], base_channels=16, channel_mults=[1, 2],
             num_res_blocks=1, attention=[0, 1], dropout=0.0, num_classes=None, norm_groups=8)
 TEXT = dict(dim=64, layers=2, heads=4)  # captions.TextEncoder; its width is the U-Net's context_dim
 SCHEDULE, T = part2_diffusion.SCHEDULE, part2_diffusion.T
@@ -79,7 +80,7 @@ EMA_DECAY = 0.999
 P_UNCOND = 0.1        # how often a caption is replaced by the empty prompt in training
 STEPS = 100_000       # on a CPU, --minutes stops training first
 MINUTES = 12.0        # training only: the cached autoencoder, prompts.png and figures fit in 15
-GUIDANCE = 3.0
+GUIDANCE = 2.0       # the best FID, with 97% of digits as prompted (BENCHMARKS.md, "Part 3")
 SAMPLING_STEPS = 50
 N_SAMPLES = 64
 EMPTY = ""            # the empty prompt: the "no condition" of classifier-free guidance
@@ -316,7 +317,7 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
     start_run_folder(run_dir, args, meta, model, overwrite)
     saver = Saver(run_dir, meta, probe(digits, sched, device), ckpt,
                   extra=dict(autoencoder=ae.state_dict()))
-    meter = Progress(args.steps, "step", done=step, seconds=60 * args.minutes)
+    meter = Progress(args.steps, "training", done=step, seconds=60 * args.minutes)
     with stop_requests() as stop:
         while step < args.steps and not stop and not meter.out_of_time():
             z0, ids = draw_batch(digits, meta, step)         # latents, and their captions

@@ -58,7 +58,7 @@ def test_a_tiny_run_writes_every_output_then_draws_a_prompt(run, tmp_path):
     again = np.load(out / "samples" / "empty-prompt-guidance2-ddim2-n4-seed0" / "samples.npy")
     assert not np.allclose(again, samples)  # the same noise, another prompt
     run("--sample-from", str(out))  # prompts.png again
-    assert (out / "samples" / "prompts-guidance3-ddim2-seed0" / "prompts.png").is_file()
+    assert (out / "samples" / f"prompts-guidance{part3.GUIDANCE:g}-ddim2-seed0" / "prompts.png").is_file()
 
 
 @pytest.mark.e2e
