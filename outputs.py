@@ -228,7 +228,7 @@ class Progress:
 
     def __init__(self, total, what, done=0, seconds=None):
         self.total, self.what, self.done, self.first, self.limit = total, what, done, done, seconds
-        self.start = self.last = time.time()
+        self.start, self.last = time.time(), 0.0  # 0: the first step is shown at once
 
     def seconds(self):
         return round(time.time() - self.start, 1)
