@@ -323,9 +323,21 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
     saver = Saver(run_dir, meta, probe, ckpt)
     images, labels = images.to(device), labels.to(device)
     meter = Progress(args.steps, "training", done=step, seconds=60 * args.minutes)
+
+    def draw(step):  # x0 ~ q(x0), with its label
+        return draw_batch(images, labels, meta)
+    step, stopped = training_loop(model, ema, opt, sched, draw, saver, meter, step, history,
+                                  args, meta)
+    return Trained(ema, sched, meta, history, step, meter.seconds(), stopped)
+
+
+def training_loop(model, ema, opt, sched, draw, saver, meter, step, history, args, meta):
+    """Algorithm 1's loop, from `step` to --steps, --minutes, Ctrl-C or SIGTERM; Part 3 runs it too.
+    draw(step) gives a batch x0 (B, ...) and its condition y. The loss of each step is appended to
+    history. Returns (the step reached, whether Ctrl-C or SIGTERM stopped it)."""
     with stop_requests() as stop:
         while step < args.steps and not stop and not meter.out_of_time():
-            x0, y = draw_batch(images, labels, meta)        # x0 ~ q(x0), with its label
+            x0, y = draw(step)                               # x0 ~ q(x0), with its condition
             loss = training_loss(model, sched, x0, y)        # t, eps and the loss: lines 3-5
             saver.check(loss, step + 1)
             gradient_step(model, opt, loss, lr=learning_rate(step, meta["lr"], meter.used()))
@@ -337,7 +349,7 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
             meter.tick(f"loss {np.mean(history[-50:]):.4f}")
         meter.close()
         saver.save(model, ema, opt, step, history)
-    return Trained(ema, sched, meta, history, step, meter.seconds(), bool(stop))
+    return step, bool(stop)
 
 
 def draw_batch(images, labels, meta):

@@ -62,8 +62,8 @@ import part2_diffusion
 import plots
 from outputs import (HelpFormatter, Progress, UserError, arg_parser, atomic_write, check_writable,
                      finite_float, pick_threads, remove_orphans, run_main, save_figure, save_json)
-from part2_diffusion import (Saver, Trained, finite, gradient_step, learning_rate, pick_device,
-                             probe_batch, restore, stop_requests, training_loss, update_ema)
+from part2_diffusion import (Saver, Trained, finite, pick_device, probe_batch, restore,
+                             training_loop)
 from runs import (CHECKPOINT_KEYS, check_resumable, check_schedule, claim_run_folder,
                   clear_old_run, read_checkpoint, unclaim)
 from schedule import Schedule, classifier_free_guidance
@@ -318,21 +318,11 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
     saver = Saver(run_dir, meta, probe(digits, sched, device), ckpt,
                   extra=dict(autoencoder=ae.state_dict()))
     meter = Progress(args.steps, "training", done=step, seconds=60 * args.minutes)
-    with stop_requests() as stop:
-        while step < args.steps and not stop and not meter.out_of_time():
-            z0, ids = draw_batch(digits, meta, step)         # latents, and their captions
-            loss = training_loss(model, sched, z0, ids)      # t, eps and the loss: lines 3-5
-            saver.check(loss, step + 1)
-            gradient_step(model, opt, loss, lr=learning_rate(step, meta["lr"], meter.used()))
-            step += 1
-            update_ema(ema, model, step, meta["ema_decay"])
-            history.append(loss.item())
-            if step % args.ckpt_every == 0:
-                saver.save(model, ema, opt, step, history)
-            meter.tick(f"loss {np.mean(history[-50:]):.4f}")
-        meter.close()
-        saver.save(model, ema, opt, step, history)
-    return Trained(ema, sched, meta, history, step, meter.seconds(), bool(stop)), ae
+    # latents z0 and their captions' tokens; the loop is Part 2's, as are all its steps
+    step, stopped = training_loop(model, ema, opt, sched,
+                                  lambda step: draw_batch(digits, meta, step), saver, meter,
+                                  step, history, args, meta)
+    return Trained(ema, sched, meta, history, step, meter.seconds(), stopped), ae
 
 
 # --- sampling: DDIM in the latent space, guided by the prompt, then decoded ---------------------
