@@ -6,6 +6,7 @@
     python bench.py reference # Part 2: make reference/checkpoint.pt (3000 steps, seed 0) and measure it
     python bench.py samplers  # Part 2: FID against network evaluations, each sampler, one checkpoint
     python bench.py targets   # Part 2: the default command's time and FID (issue targets)
+    python bench.py throughput # Part 2: training steps/s: channels_last, attention, compile
     python bench.py autoencoder # Part 3's autoencoder: reconstruction error, FID of reconstructions
 
 Run them on a quiet machine: other work on the same cores changes every timing.
@@ -475,6 +476,54 @@ def bench_samplers(argv):
 
 # --- targets ----------------------------------------------------------------------------------------
 
+def use_loss(p2, name):
+    """For A/B tests of the loss: replace part2_diffusion's training_loss (L_simple, Eq. 14) by
+    min-SNR-gamma weighting (Hang et al. 2023) or the v target (Salimans & Ho 2022, Eq. 9 of the
+    progressive distillation paper), and, for v, the sampler's eps_theta by the eps that v gives."""
+    import torch
+
+    if name == "eps":
+        return
+    if name.startswith("min-snr-"):
+        gamma = float(name[len("min-snr-"):])
+
+        def weighted(model, sched, x0, y=None):
+            t = torch.randint(0, sched.T, (len(x0),), device=x0.device)
+            eps = torch.randn_like(x0)
+            per_image = (p2.F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), eps,
+                                       reduction="none").mean(dim=(1, 2, 3)))
+            snr = sched.snr.to(x0)[t]
+            return (per_image * snr.clamp(max=gamma) / snr).mean()
+        p2.training_loss = weighted
+        return
+    if name != "v":
+        raise SystemExit(f"unknown --loss {name}: eps, min-snr-GAMMA or v")
+
+    def coefs(sched, t, like):  # sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t), shaped like x
+        shape = (-1,) + (1,) * (like.dim() - 1)
+        return (sched.sqrt_alphas_cumprod.to(like)[t].view(shape),
+                sched.sqrt_one_minus_alphas_cumprod.to(like)[t].view(shape))
+
+    def v_loss(model, sched, x0, y=None):
+        t = torch.randint(0, sched.T, (len(x0),), device=x0.device)
+        eps = torch.randn_like(x0)
+        a, s = coefs(sched, t, x0)
+        v = a * eps - s * x0                         # v = sqrt(ab) eps - sqrt(1 - ab) x0
+        return p2.F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), v)
+
+    plain = p2.denoiser
+    sched = p2.Schedule(p2.SCHEDULE, p2.T)
+
+    def v_denoiser(model, meta, args, y):
+        net = plain(model, meta, args, y)
+
+        def eps_fn(x_t, t):                          # eps = sqrt(ab) v + sqrt(1 - ab) x_t
+            a, s = coefs(sched, t, x_t)
+            return a * net(x_t, t) + s * x_t
+        return eps_fn
+    p2.training_loss, p2.denoiser = v_loss, v_denoiser
+
+
 def bench_targets(argv):
     """Part 2's targets, from the default command: the whole run's time, and its samples' quality.
 
@@ -502,40 +551,123 @@ def bench_targets(argv):
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                    help="part2_diffusion.py constants to change for this run")
     p.add_argument("--data-dir", default="data", help="folder with MNIST and its classifier")
+    p.add_argument("--loss", default="eps", help="eps (L_simple, the default), min-snr-GAMMA "
+                   "(eps target, weights min(SNR, GAMMA) / SNR, Hang et al. 2023) or v (the "
+                   "v target of Salimans & Ho 2022, turned back into eps for sampling)")
+    p.add_argument("--nchw", action="store_true",
+                   help="keep the U-Net in PyTorch's default memory format on a CPU too (the "
+                        "default before channels_last)")
+    p.add_argument("--attention", type=int, nargs="*", default=None, metavar="LEVEL",
+                   help="the U-Net levels with self-attention (default: the cpu preset's)")
+    p.add_argument("--score-only", metavar="RUN_DIR",
+                   help="train nothing: draw and score --n images from a run made before")
     args = p.parse_args(argv)
+    use_loss(part2_diffusion, args.loss)
+    if args.attention is not None:
+        part2_diffusion.PRESETS[part2_diffusion.PRESET]["attention"] = args.attention
+    if args.nchw:
+        part2_diffusion.on_device = lambda model, device: model.to(device)
     for item in args.set:
         name, value = item.split("=", 1)
         if not hasattr(part2_diffusion, name):
             raise SystemExit(f"part2_diffusion.py has no constant {name}")
         setattr(part2_diffusion, name, ast.literal_eval(value))
     classifier, _ = metrics.load_or_train_classifier(args.data_dir)
-    runs = Path(tempfile.mkdtemp(prefix="bench-targets-"))
-    start = time.time()
-    first = part2_diffusion.run(settings(part2_diffusion.get_args, data_dir=args.data_dir,
-                                         runs=str(runs), name="run", minutes=args.minutes,
-                                         seed=args.seed))
-    whole = time.time() - start
+    first, whole = None, None
+    if args.score_only:  # a run trained before (its 64-image draw failed, say): score it only
+        run = Path(args.score_only)
+    else:
+        runs = Path(tempfile.mkdtemp(prefix="bench-targets-"))
+        start = time.time()
+        first = part2_diffusion.run(settings(part2_diffusion.get_args, data_dir=args.data_dir,
+                                             runs=str(runs), name="run", minutes=args.minutes,
+                                             seed=args.seed))
+        whole, run = time.time() - start, runs / "run"
     threads = torch.get_num_threads()
     drawn = settings(part2_diffusion.get_args, data_dir=args.data_dir,
-                     sample_from=str(runs / "run"), n=args.n, seed=args.seed)
+                     sample_from=str(run), n=args.n, seed=args.seed)
     big = part2_diffusion.run(drawn)
-    folder = runs / "run" / "samples" / part2_diffusion.sample_folder_name(drawn)
+    folder = run / "samples" / part2_diffusion.sample_folder_name(drawn)
     samples = np.load(folder / "samples.npy")
     sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
     m = big["metrics"]
     print(f"\ndefault command, {args.minutes:g} min, seed {args.seed}, {threads} torch threads, "
-          f"changed: {' '.join(args.set) or 'nothing'}; run in {runs / 'run'}")
-    for what, value in [
-            ("training steps", first["steps"]),
-            ("whole run (training, 64 images, figures)", f"{whole / 60:.1f} min"),
-            (f"64 images, {first['sampler']}-{first['sampling_steps']}",
-             f"{first['sampling_seconds']:.1f} s"),
-            (f"FID (N = {args.n})", f"{m['fid']:.2f}"),
-            ("precision, recall", f"{m['precision']:.3f}, {m['recall']:.3f}"),
-            ("share with confidence > 0.9", f"{sure:.3f}"),
-            ("classes present, KL from uniform", f"{m['classes_present']}/10, "
-                                                 f"{m['kl_uniform']:.3f}")]:
+          f"loss {args.loss}{', NCHW' if args.nchw else ''}"
+          f"{'' if args.attention is None else f', attention at {args.attention}'}, "
+          f"changed: {' '.join(args.set) or 'nothing'}; run in {run}")
+    rows = [("training steps", big["steps"])]
+    if first is not None:
+        rows += [("whole run (training, 64 images, figures)", f"{whole / 60:.1f} min"),
+                 (f"64 images, {first['sampler']}-{first['sampling_steps']}",
+                  f"{first['sampling_seconds']:.1f} s")]
+    rows += [(f"FID (N = {args.n})", f"{m['fid']:.2f}"),
+             ("precision, recall", f"{m['precision']:.3f}, {m['recall']:.3f}"),
+             ("share with confidence > 0.9", f"{sure:.3f}"),
+             ("classes present, KL from uniform", f"{m['classes_present']}/10, "
+                                                  f"{m['kl_uniform']:.3f}")]
+    for what, value in rows:
         print(f"  {what:42s} {value}")
+
+
+# --- throughput ------------------------------------------------------------------------------------
+
+def bench_throughput(argv):
+    """Part 2's training step (training_loss and gradient_step at the default batch) in steps per
+    second, for the default U-Net and for variants that could make it faster: channels_last memory
+    format, no attention, torch.compile (its compile time shown apart). Each variant is timed in
+    turns with the others, so that all see the same machine; medians shown."""
+    import copy
+    import statistics
+    import time
+
+    import torch
+
+    import part2_diffusion as p2
+    from schedule import Schedule
+    from unet import PRESETS, UNet
+
+    p = arg_parser(prog="bench.py throughput", description=bench_throughput.__doc__)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per variant")
+    p.add_argument("--steps", type=int, default=30, help="training steps per round")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes)")
+    args = p.parse_args(argv)
+    threads = p2.pick_threads()
+    sched = Schedule("linear", 1000)
+    torch.manual_seed(0)
+    x0 = torch.randn(p2.BATCH_SIZE, 1, 28, 28).clamp(-1, 1)
+    base = UNet(**PRESETS["cpu"])
+    variants = {"default (NCHW, attention at 7x7)": (base, torch.contiguous_format),
+                "channels_last": (copy.deepcopy(base), torch.channels_last),
+                "no attention": (UNet(**dict(PRESETS["cpu"], attention=[])),
+                                 torch.contiguous_format)}
+    runs = {}
+    for name, (model, fmt) in variants.items():
+        runs[name] = dict(model=model.to(memory_format=fmt), fmt=fmt, rates=[],
+                          opt=torch.optim.AdamW(model.parameters(), lr=1e-4))
+    if args.compile:
+        model = copy.deepcopy(base)
+        runs["torch.compile"] = dict(model=torch.compile(model), fmt=torch.contiguous_format,
+                                     rates=[], opt=torch.optim.AdamW(model.parameters(), lr=1e-4))
+
+    def steps(r, n):
+        x = x0.contiguous(memory_format=r["fmt"])
+        for _ in range(n):
+            p2.gradient_step(r["model"], r["opt"], p2.training_loss(r["model"], sched, x), 1e-4)
+
+    for name, r in runs.items():  # warm-up: the first calls allocate, pick kernels, compile
+        t0 = time.perf_counter()
+        steps(r, 3)
+        r["warmup"] = time.perf_counter() - t0
+    for _ in range(args.rounds):
+        for r in runs.values():
+            t0 = time.perf_counter()
+            steps(r, args.steps)
+            r["rates"].append(args.steps / (time.perf_counter() - t0))
+    print(f"Part 2's training step, batch {p2.BATCH_SIZE}, cpu preset: torch {torch.__version__}, "
+          f"{threads} threads, median of {args.rounds} rounds of {args.steps} steps, in turns")
+    for name, r in runs.items():
+        print(f"  {name:36s} {statistics.median(r['rates']):6.2f} steps/s   "
+              f"(first 3 steps: {r['warmup']:.1f} s)")
 
 
 # --- autoencoder -------------------------------------------------------------------------------------
@@ -572,7 +704,7 @@ def bench_autoencoder(argv):
 
 
 BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "reference": bench_reference,
-           "samplers": bench_samplers, "targets": bench_targets,
+           "samplers": bench_samplers, "targets": bench_targets, "throughput": bench_throughput,
            "autoencoder": bench_autoencoder}
 
 

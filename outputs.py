@@ -224,10 +224,12 @@ def end_progress():
 class Progress:
     """A progress line on stderr, redrawn at most once a second: steps done of `total`, the rate and
     the time left. done: where the count starts (a resumed run's steps). seconds: the time limit of
-    time-boxed work, or None; the time left is then to whichever end comes first."""
+    time-boxed work, or None; the time left is then to whichever end comes first. show: False for
+    a line that is never drawn."""
 
-    def __init__(self, total, what, done=0, seconds=None):
+    def __init__(self, total, what, done=0, seconds=None, show=True):
         self.total, self.what, self.done, self.first, self.limit = total, what, done, done, seconds
+        self.show = show
         self.start, self.last = time.time(), 0.0  # 0: the first step is shown at once
 
     def seconds(self):
@@ -246,7 +248,7 @@ class Progress:
         """One more step done; `note` (the loss, say) is shown beside the count."""
         self.done += 1
         now = time.time()
-        if now - self.last > 1 or self.done == self.total:
+        if self.show and (now - self.last > 1 or self.done == self.total):
             rate = (self.done - self.first) / max(now - self.start, 1e-9)
             left = (self.total - self.done) / rate
             if self.limit is not None:

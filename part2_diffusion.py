@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import ddp
 import metrics
 import plots
 from outputs import (DiskFull, HelpFormatter, Progress, UserError, arg_parser, atomic_write,
@@ -231,6 +232,15 @@ def pick_device(name):
     return device
 
 
+def on_device(model, device):
+    """Move the model to `device`; on a CPU, also to the channels_last memory format (each pixel's
+    channels side by side), in which the CPU's convolutions ran 6% more training steps a minute
+    (BENCHMARKS.md). The computation is the same; only the layout in memory changes (and so the
+    last bits of rounding)."""
+    return model.to(device, memory_format=torch.channels_last if device.type == "cpu"
+                    else torch.preserve_format)
+
+
 def device_name(device):
     """The device in words, for the tables of bench.py and experiments.py."""
     if device.type == "cuda":
@@ -314,20 +324,24 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
     """
     images, labels, model, meta = setup(args, ckpt)
     sched = build_schedule(meta, run_dir)
-    model.to(device).train()
+    on_device(model, device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
     step, history = restore(ckpt, ema, opt)
-    start_run_folder(run_dir, args, meta, sched, images, overwrite)
+    if ddp.is_main():
+        start_run_folder(run_dir, args, meta, sched, images, overwrite)
     probe = probe_batch(images, labels if meta["conditional"] else None, sched, device)
     saver = Saver(run_dir, meta, probe, ckpt)
     images, labels = images.to(device), labels.to(device)
-    meter = Progress(args.steps, "training", done=step, seconds=60 * args.minutes)
+    meter = Progress(args.steps, "training", done=step, seconds=60 * args.minutes,
+                     show=ddp.is_main())
+    share = dict(meta, batch_size=meta["batch_size"] // ddp.size())  # torchrun: see ddp.py
 
     def draw(step):  # x0 ~ q(x0), with its label
-        return draw_batch(images, labels, meta)
-    step, stopped = training_loop(model, ema, opt, sched, draw, saver, meter, step, history,
-                                  args, meta)
+        ddp.seed_step(meta["seed"], step)
+        return draw_batch(images, labels, share)
+    step, stopped = training_loop(ddp.wrap(model), ema, opt, sched, draw, saver, meter, step,
+                                  history, args, meta)
     return Trained(ema, sched, meta, history, step, meter.seconds(), stopped)
 
 
@@ -336,14 +350,14 @@ def training_loop(model, ema, opt, sched, draw, saver, meter, step, history, arg
     draw(step) gives a batch x0 (B, ...) and its condition y. The loss of each step is appended to
     history. Returns (the step reached, whether Ctrl-C or SIGTERM stopped it)."""
     with stop_requests() as stop:
-        while step < args.steps and not stop and not meter.out_of_time():
+        while step < args.steps and not ddp.any_rank(stop or meter.out_of_time()):
             x0, y = draw(step)                               # x0 ~ q(x0), with its condition
             loss = training_loss(model, sched, x0, y)        # t, eps and the loss: lines 3-5
             saver.check(loss, step + 1)
             gradient_step(model, opt, loss, lr=learning_rate(step, meta["lr"], meter.used()))
             step += 1
             update_ema(ema, model, step, meta["ema_decay"])
-            history.append(loss.item())
+            history.append(ddp.mean(loss.item()))  # of the whole batch, over all processes
             if step % args.ckpt_every == 0:
                 saver.save(model, ema, opt, step, history)
             meter.tick(f"loss {np.mean(history[-50:]):.4f}")
@@ -462,6 +476,9 @@ class Saver:
                             f"({self.kept()})")
 
     def save(self, model, ema, opt, step, history):
+        if not ddp.is_main():  # torchrun: rank 0 alone writes
+            return
+        model = getattr(model, "module", model)  # DDP's wrapper holds the model as .module
         if not (gives_finite_loss(model, self.probe) and gives_finite_loss(ema, self.probe)):
             raise UserError(f"the weights diverged by step {step}; try a lower --lr "
                             f"({self.kept()})")
@@ -605,7 +622,9 @@ def run(args):
     holds), or None if Ctrl-C or SIGTERM stopped training. Other scripts call it with
     outputs.settings(get_args, **flags) for args."""
     check_args(args)
-    device = pick_device(args.device)
+    if args.sample_from and ddp.size() > 1:
+        raise UserError("--sample-from runs in one process: start it with python, not torchrun")
+    device = ddp.start(pick_device(args.device))  # torchrun: join the other processes
     if device.type == "cpu":
         pick_threads()  # one per idle core: see outputs.pick_threads
     try:
@@ -614,6 +633,8 @@ def run(args):
         return train_then_sample(args, device)
     except DiskFull as e:
         raise UserError(f"{e}; this run needs about {megabytes_needed(args):.0f} MB") from None
+    finally:
+        ddp.end()
 
 
 def sample_from(args, device):
@@ -621,7 +642,8 @@ def sample_from(args, device):
     meta = ckpt["meta"]
     settle_flags(args, meta, "--sample-from")
     check_sampling(args, meta["conditional"])
-    model = build_model(meta["model_config"], ckpt["ema"], args.sample_from).to(device).eval()
+    model = on_device(build_model(meta["model_config"], ckpt["ema"], args.sample_from), device)
+    model.eval()
     sched = build_schedule(meta, args.sample_from)
     out = Path(args.sample_from) / "samples" / sample_folder_name(args)
     check_writable(out, "--sample-from")
@@ -635,12 +657,19 @@ def train_then_sample(args, device):
         check_resumable(ckpt, args.resume)
     settle_flags(args, ckpt and ckpt["meta"], "--resume")
     check_sampling(args, args.conditional)
+    if args.batch_size % ddp.size():
+        raise UserError(f"a batch of {args.batch_size} does not split over {ddp.size()} "
+                        f"processes; make --batch-size a multiple of {ddp.size()}")
+    if not ddp.is_main():  # torchrun: only rank 0 touches the run folder
+        train(args, Path(args.resume or args.runs), device, ckpt)
+        return None
     if args.resume:
         out, made = check_writable(args.resume, "--resume"), []
         remove_orphans(out)  # what a killed run left half-written
     else:
         out, made = claim_run_folder(args)
-    print(f"run folder: {out}; {torch.get_num_threads()} torch threads", file=sys.stderr)
+    print(f"run folder: {out}; {torch.get_num_threads()} torch threads"
+          + (f", {ddp.size()} processes" if ddp.size() > 1 else ""), file=sys.stderr)
     try:
         result = train(args, out, device, ckpt, overwrite=out not in made and not args.resume)
     except BaseException:

@@ -57,6 +57,7 @@ import torch.nn as nn
 import autoencoder
 import captions
 import data
+import ddp
 import metrics
 import part2_diffusion
 import plots
@@ -478,6 +479,8 @@ def run(args):
     holds), or None if Ctrl-C or SIGTERM stopped training. experiments.py calls it with
     outputs.settings(get_args, **flags) for args."""
     check_args(args)
+    if ddp.size() > 1:
+        raise UserError("Part 3 trains in one process: start it with python, not torchrun")
     device = pick_device(args.device)
     if device.type == "cpu":
         pick_threads()  # one per idle core: see outputs.pick_threads
