@@ -668,8 +668,9 @@ def train_then_sample(args, device):
         remove_orphans(out)  # what a killed run left half-written
     else:
         out, made = claim_run_folder(args)
-    print(f"run folder: {out}; {torch.get_num_threads()} torch threads"
-          + (f", {ddp.size()} processes" if ddp.size() > 1 else ""), file=sys.stderr)
+    threads = torch.get_num_threads()
+    print(f"run folder: {out}; {threads} torch thread{'s' if threads > 1 else ''}"
+          + (f" in each of {ddp.size()} processes" if ddp.size() > 1 else ""), file=sys.stderr)
     try:
         result = train(args, out, device, ckpt, overwrite=out not in made and not args.resume)
     except BaseException:
