@@ -537,7 +537,6 @@ def bench_targets(argv):
     import time
     from pathlib import Path
 
-    import numpy as np
     import torch
 
     import metrics
@@ -561,6 +560,8 @@ def bench_targets(argv):
                    help="the U-Net levels with self-attention (default: the cpu preset's)")
     p.add_argument("--score-only", metavar="RUN_DIR",
                    help="train nothing: draw and score --n images from a run made before")
+    p.add_argument("--extra-ema", type=float, nargs="*", default=[], metavar="DECAY",
+                   help="also keep EMAs of these decays in the same run, and score each")
     args = p.parse_args(argv)
     use_loss(part2_diffusion, args.loss)
     if args.attention is not None:
@@ -573,6 +574,7 @@ def bench_targets(argv):
             raise SystemExit(f"part2_diffusion.py has no constant {name}")
         setattr(part2_diffusion, name, ast.literal_eval(value))
     classifier, _ = metrics.load_or_train_classifier(args.data_dir)
+    extra = track_extra_emas(part2_diffusion, args.extra_ema)
     first, whole = None, None
     if args.score_only:  # a run trained before (its 64-image draw failed, say): score it only
         run = Path(args.score_only)
@@ -583,30 +585,60 @@ def bench_targets(argv):
                                              runs=str(runs), name="run", minutes=args.minutes,
                                              seed=args.seed))
         whole, run = time.time() - start, runs / "run"
-    threads = torch.get_num_threads()
-    drawn = settings(part2_diffusion.get_args, data_dir=args.data_dir,
-                     sample_from=str(run), n=args.n, seed=args.seed)
-    big = part2_diffusion.run(drawn)
-    folder = run / "samples" / part2_diffusion.sample_folder_name(drawn)
-    samples = np.load(folder / "samples.npy")
-    sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
-    m = big["metrics"]
-    print(f"\ndefault command, {args.minutes:g} min, seed {args.seed}, {threads} torch threads, "
-          f"loss {args.loss}{', NCHW' if args.nchw else ''}"
+    print(f"\ndefault command, {args.minutes:g} min, seed {args.seed}, "
+          f"{torch.get_num_threads()} torch threads, loss {args.loss}"
+          f"{', NCHW' if args.nchw else ''}"
           f"{'' if args.attention is None else f', attention at {args.attention}'}, "
           f"changed: {' '.join(args.set) or 'nothing'}; run in {run}")
-    rows = [("training steps", big["steps"])]
     if first is not None:
-        rows += [("whole run (training, 64 images, figures)", f"{whole / 60:.1f} min"),
-                 (f"64 images, {first['sampler']}-{first['sampling_steps']}",
-                  f"{first['sampling_seconds']:.1f} s")]
-    rows += [(f"FID (N = {args.n})", f"{m['fid']:.2f}"),
-             ("precision, recall", f"{m['precision']:.3f}, {m['recall']:.3f}"),
-             ("share with confidence > 0.9", f"{sure:.3f}"),
-             ("classes present, KL from uniform", f"{m['classes_present']}/10, "
-                                                  f"{m['kl_uniform']:.3f}")]
-    for what, value in rows:
-        print(f"  {what:42s} {value}")
+        print(f"  {'whole run (training, 64 images, figures)':42s} {whole / 60:.1f} min")
+        what = f"64 images, {first['sampler']}-{first['sampling_steps']}"
+        print(f"  {what:42s} {first['sampling_seconds']:.1f} s")
+    score_run(part2_diffusion, run, args, classifier, "")
+    for decay, ema in extra.items():  # the same run, sampled from an EMA of another decay
+        ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+        ckpt["ema"] = ema.state_dict()
+        ckpt["meta"] = dict(ckpt["meta"], ema_decay=decay)
+        (run.parent / f"ema{decay}").mkdir()
+        torch.save(ckpt, run.parent / f"ema{decay}" / "checkpoint.pt")
+        score_run(part2_diffusion, run.parent / f"ema{decay}", args, classifier, f"EMA {decay}: ")
+
+
+def track_extra_emas(p2, decays):
+    """Average the weights at each of `decays` too, beside the run's own EMA, in the same run:
+    a paired comparison of EMA decays that costs one training. Returns {decay: its EMA}."""
+    import copy
+
+    extra, plain = {}, p2.update_ema
+
+    def update_ema(ema, model, step, decay):
+        plain(ema, model, step, decay)
+        for d in decays:
+            if d not in extra:
+                extra[d] = copy.deepcopy(getattr(model, "module", model)).eval()
+            plain(extra[d], model, step, d)
+    p2.update_ema = update_ema
+    return extra
+
+
+def score_run(p2, run, args, classifier, label):
+    """Draw --n images from the run's EMA with the default sampler and print their scores."""
+    import numpy as np
+
+    import metrics
+    drawn = settings(p2.get_args, data_dir=args.data_dir, sample_from=str(run), n=args.n,
+                     seed=args.seed)
+    big = p2.run(drawn)
+    samples = np.load(run / "samples" / p2.sample_folder_name(drawn) / "samples.npy")
+    sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
+    m = big["metrics"]
+    for what, value in [("training steps", big["steps"]),
+                        (f"FID (N = {args.n})", f"{m['fid']:.2f}"),
+                        ("precision, recall", f"{m['precision']:.3f}, {m['recall']:.3f}"),
+                        ("share with confidence > 0.9", f"{sure:.3f}"),
+                        ("classes present, KL from uniform",
+                         f"{m['classes_present']}/10, {m['kl_uniform']:.3f}")]:
+        print(f"  {label + what:42s} {value}")
 
 
 # --- throughput ------------------------------------------------------------------------------------
