@@ -500,9 +500,8 @@ def use_loss(p2, name):
         raise SystemExit(f"unknown --loss {name}: eps, min-snr-GAMMA or v")
 
     def coefs(sched, t, like):  # sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t), shaped like x
-        shape = (-1,) + (1,) * (like.dim() - 1)
-        return (sched.sqrt_alphas_cumprod.to(like)[t].view(shape),
-                sched.sqrt_one_minus_alphas_cumprod.to(like)[t].view(shape))
+        return (sched._at(sched.sqrt_alphas_cumprod, t, like),
+                sched._at(sched.sqrt_one_minus_alphas_cumprod, t, like))
 
     def v_loss(model, sched, x0, y=None):
         t = torch.randint(0, sched.T, (len(x0),), device=x0.device)
