@@ -540,6 +540,7 @@ def bench_targets(argv):
 
     import metrics
     import part2_diffusion
+    from runs import load_safely
 
     p = arg_parser(prog="bench.py targets", description=bench_targets.__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -595,7 +596,7 @@ def bench_targets(argv):
         print(f"  {what:42s} {first['sampling_seconds']:.1f} s")
     score_run(part2_diffusion, run, args, classifier, "")
     for decay, ema in extra.items():  # the same run, sampled from an EMA of another decay
-        ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+        ckpt = load_safely(run / "checkpoint.pt")
         ckpt["ema"] = ema.state_dict()
         ckpt["meta"] = dict(ckpt["meta"], ema_decay=decay)
         (run.parent / f"ema{decay}").mkdir()

@@ -231,6 +231,7 @@ def gan_experiment(argv):
     import gan_baseline
     import metrics
     import part2_diffusion
+    from runs import load_safely
     from outputs import UserError, check_writable, save_json, settings
 
     p = arg_parser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
@@ -289,7 +290,7 @@ def gan_experiment(argv):
                     part2_diffusion.get_args, sample_from=str(run_dir), sampler="ddpm",
                     sampling_steps=part2_diffusion.T, n=args.ddpm_n, seed=seed, data_dir=args.data_dir, device=str(device))))
                 row["train_seconds"] = ddpm["train_seconds"]  # the same model: sampled again
-            ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+            ckpt = load_safely(run_dir / "checkpoint.pt")
             losses.append((f"DDPM seed {seed}", {"L_simple": ckpt["history"]}))
             grids.append((f"DDPM seed {seed}, {sampler}\n{ddpm['steps']} steps",
                           np.load(run_dir / "samples.npy")[:64]))
@@ -298,7 +299,7 @@ def gan_experiment(argv):
             add_row("DCGAN", seed, gan_baseline.run(settings(
                 gan_baseline.get_args, **common, runs=runs, name=run_dir.name, seed=seed,
                 n=args.n)))
-            history = torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]
+            history = load_safely(run_dir / "checkpoint.pt")["history"]
             losses.append((f"DCGAN seed {seed}", history))
             grids.append((f"DCGAN seed {seed}\n{rows[-1]['steps']} steps",
                           np.load(run_dir / "samples.npy")[:64]))

@@ -9,6 +9,7 @@ can skip this file: it is housekeeping (exclusive folder creation, --overwrite, 
 damaged or hand-edited checkpoints), not diffusion. Every file goes through outputs.atomic_write.
 """
 import io
+import pickle
 import shutil
 from pathlib import Path
 
@@ -101,6 +102,24 @@ def load_checkpoint(run_dir):
     return ckpt
 
 
+def load_safely(path):
+    """torch.load that never runs code from the file. A checkpoint holds tensors, numbers, strings,
+    lists and dicts only; torch's weights_only loader rebuilds those and refuses anything else
+    unread, so a file handed over by someone else cannot run a pickled payload here."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):  # it names a function or class to call: never loaded
+            raise UserError(f"refused {path}: it holds Python objects besides tensors, numbers, "
+                            "strings, lists and dicts, and loading them could run code; use a "
+                            "checkpoint written by this lab") from None
+        raise UserError(f"cannot read checkpoint {path} (UnpicklingError); "
+                        "it is damaged or not ours") from None
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); "
+                        "it is damaged or not ours") from None
+
+
 def read_checkpoint(run_dir, keys=CHECKPOINT_KEYS, meta_keys=META_KEYS,
                     script="part2_diffusion.py"):
     """The checkpoint in run_dir, read, with its entries and its meta's entries checked: a missing
@@ -110,11 +129,7 @@ def read_checkpoint(run_dir, keys=CHECKPOINT_KEYS, meta_keys=META_KEYS,
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give the folder of a run that trained "
                         "at least once")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); "
-                        "it is damaged or not ours")
+    ckpt = load_safely(path)
     present = set(ckpt) if isinstance(ckpt, dict) else set()
     missing = sorted(keys - present)
     if not missing:

@@ -63,7 +63,7 @@ def test_two_processes_train_like_one_process_with_the_whole_batch(mnist_dir, tm
     for name in ["checkpoint.pt", "samples.png", "loss.png", "summary.json"]:  # rank 0 wrote
         assert (run / name).is_file(), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # and rank 1 wrote nothing
-    two = torch.load(run / "checkpoint.pt", weights_only=False)
+    two = torch.load(run / "checkpoint.pt", weights_only=True)
     assert two["step"] == 3
     model, history = one_process_replay(argv, 3, monkeypatch)
     for name, value in model.state_dict().items():
@@ -75,7 +75,7 @@ def test_two_processes_train_like_one_process_with_the_whole_batch(mnist_dir, tm
     monkeypatch.delenv("WORLD_SIZE")
     p2.main(["--data-dir", str(mnist_dir), "--resume", str(run), "--steps", "4", "--n", "4",
              "--sampler", "ddim", "--sampling-steps", "2"])
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
 
 
 def test_a_batch_that_does_not_split_is_refused_in_one_line(mnist_dir, tmp_path):

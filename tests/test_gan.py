@@ -42,7 +42,7 @@ def test_a_tiny_run_writes_every_output(mnist_dir, tmp_path):
     assert summary["steps"] == 3 and summary["n"] == 6 and summary["sampling_steps"] == 1
     # no classifier in mnist_dir
     assert summary["dataset"] == "mnist" and summary["metrics"] is None
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["history"]["d"]) == len(ckpt["history"]["g"]) == 3
     G = gan_baseline.generator()
     # the checkpoint rebuilds the generator that drew the samples

@@ -28,7 +28,7 @@ def run(argv, mnist_dir, runs):
 
 
 def weights(run_dir):
-    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
     return ckpt
 
 

@@ -44,7 +44,7 @@ def test_a_tiny_run_writes_every_output_then_draws_a_prompt(run, tmp_path):
     for name in ["checkpoint.pt", "prompts.png", "loss.png", "config.json", "summary.json"]:
         assert (out / name).is_file(), name
     assert summary["steps"] == 3 and json.loads((out / "summary.json").read_text()) == summary
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["history"]) == 3 and "autoencoder" in ckpt
     assert ckpt["meta"]["model_config"]["context_dim"] == part3.TEXT["dim"]
     assert not list(out.glob(".*tmp*")), "a temporary file was left behind"
@@ -66,7 +66,7 @@ def test_resume_continues_the_step_count_as_one_long_run(run, tmp_path):
     run("--steps", "4", "--name", "long")
     run("--steps", "2", "--name", "split")
     run("--steps", "4", "--resume", str(tmp_path / "split"))
-    long, split = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+    long, split = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
                    for name in ("long", "split"))
     assert split["step"] == long["step"] == 4 and split["history"] == long["history"]
     for name, value in long["ema"].items():

@@ -82,14 +82,14 @@ def test_a_diverging_run_keeps_no_checkpoint_that_gives_nan(mnist_dir, tmp_path)
     if not path.exists():
         assert "no checkpoint was saved" in str(e.value)
         return
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     model = part2_diffusion.build_model(ckpt["meta"]["model_config"], ckpt["ema"], path)
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(4, 1, 28, 28), torch.tensor([0, 5, 10, 19]))).all()
 
 
 def test_sampling_refuses_weights_that_give_non_finite_output(copy):
-    ckpt = torch.load(copy / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(copy / "checkpoint.pt", weights_only=True)
     first = next(iter(ckpt["ema"]))
     ckpt["ema"][first] = torch.full_like(ckpt["ema"][first], float("nan"))
     torch.save(ckpt, copy / "checkpoint.pt")
@@ -186,7 +186,7 @@ def test_sigterm_saves_and_stops_like_ctrl_c(mnist_dir, tmp_path):
     text = log.read_text()
     assert p.returncode == 0, text
     assert "interrupted" in text and "--sample-from" in text and "Traceback" not in text
-    assert torch.load(tmp_path / "runs" / "t" / "checkpoint.pt", weights_only=False)["step"] > 0
+    assert torch.load(tmp_path / "runs" / "t" / "checkpoint.pt", weights_only=True)["step"] > 0
     assert not (tmp_path / "runs" / "t" / "samples.npy").exists()  # stopped: no minutes of sampling
 
 
@@ -201,7 +201,7 @@ def test_ctrl_c_in_training_saves_and_stops_without_sampling(mnist_dir, tmp_path
         return real(*args)
     monkeypatch.setattr(part2_diffusion, "training_loss", loss)
     run(["--steps", "100", "--name", "c"], mnist_dir, tmp_path)
-    assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["step"] == 3
     assert not (tmp_path / "c" / "samples.npy").exists()
     assert f"--sample-from {tmp_path / 'c'}" in capsys.readouterr().err
 
@@ -320,7 +320,7 @@ def set_meta(key, value):
     (set_meta("schedule", dict(name="zigzag", T=20)), "--sample-from", "schedule"),
 ])
 def test_a_hand_edited_checkpoint_is_one_line(edit, verb, words, copy, mnist_dir):
-    ckpt = torch.load(copy / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(copy / "checkpoint.pt", weights_only=True)
     edit(ckpt)
     torch.save(ckpt, copy / "checkpoint.pt")
     with pytest.raises(UserError, match=words):
