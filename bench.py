@@ -476,26 +476,28 @@ def bench_samplers(argv):
 
 # --- targets ----------------------------------------------------------------------------------------
 
-def use_loss(p2, name):
-    """For A/B tests of the loss: replace part2_diffusion's training_loss (L_simple, Eq. 14) by
-    min-SNR-gamma weighting (Hang et al. 2023) or the v target (Salimans & Ho 2022, Eq. 9 of the
-    progressive distillation paper), and, for v, the sampler's eps_theta by the eps that v gives."""
+def loss_variant(p2, name):
+    """For A/B tests of the loss: part2_diffusion's training_loss (L_simple, Eq. 14, "eps"), or
+    min-SNR-gamma weighting (Hang et al. 2023), or the v target (Salimans & Ho 2022, Eq. 9 of the
+    progressive distillation paper) with, for v, an eps_theta that turns v back into eps. Returns
+    (loss_fn, make_eps_theta), which part2_diffusion.run takes."""
     import torch
+    import torch.nn.functional as F
 
+    from schedule import Schedule
     if name == "eps":
-        return
+        return p2.training_loss, p2.eps_theta
     if name.startswith("min-snr-"):
         gamma = float(name[len("min-snr-"):])
 
         def weighted(model, sched, x0, y=None):
             t = torch.randint(0, sched.T, (len(x0),), device=x0.device)
             eps = torch.randn_like(x0)
-            per_image = (p2.F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), eps,
-                                       reduction="none").mean(dim=(1, 2, 3)))
+            per_image = (F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), eps,
+                                    reduction="none").mean(dim=(1, 2, 3)))
             snr = sched.snr.to(x0)[t]
             return (per_image * snr.clamp(max=gamma) / snr).mean()
-        p2.training_loss = weighted
-        return
+        return weighted, p2.eps_theta
     if name != "v":
         raise SystemExit(f"unknown --loss {name}: eps, min-snr-GAMMA or v")
 
@@ -508,19 +510,18 @@ def use_loss(p2, name):
         eps = torch.randn_like(x0)
         a, s = coefs(sched, t, x0)
         v = a * eps - s * x0                         # v = sqrt(ab) eps - sqrt(1 - ab) x0
-        return p2.F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), v)
+        return F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), v)
 
-    plain = p2.denoiser
-    sched = p2.Schedule(p2.SCHEDULE, p2.T)
+    sched = Schedule(p2.SCHEDULE, p2.T)
 
-    def v_denoiser(model, meta, args, y):
-        net = plain(model, meta, args, y)
+    def v_eps_theta(model, meta, args, y):
+        net = p2.eps_theta(model, meta, args, y)
 
         def eps_fn(x_t, t):                          # eps = sqrt(ab) v + sqrt(1 - ab) x_t
             a, s = coefs(sched, t, x_t)
             return a * net(x_t, t) + s * x_t
         return eps_fn
-    p2.training_loss, p2.denoiser = v_loss, v_denoiser
+    return v_loss, v_eps_theta
 
 
 def bench_targets(argv):
@@ -528,10 +529,10 @@ def bench_targets(argv):
 
     Runs `python part2_diffusion.py` with its defaults (train for --minutes, draw 64 images with the
     default sampler, figures) in a fresh folder and times all of it; then draws --n images from that
-    run with the default sampler and scores them with metrics.py. --set NAME=VALUE changes one of
-    part2_diffusion.py's constants for the run (LR_DECAY=True, EMA_DECAY=0.9995, ...), for A/B tests.
+    run with the default sampler and scores them with metrics.py. --loss and --extra-ema are A/B
+    tests that part2_diffusion.run takes as arguments (a loss function, averages kept beside the
+    run's own EMA); nothing of part2_diffusion.py is replaced.
     """
-    import ast
     import tempfile
     import time
     from pathlib import Path
@@ -547,34 +548,18 @@ def bench_targets(argv):
     p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES)
     p.add_argument("--n", type=int, default=1000, help="images to score")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                   help="part2_diffusion.py constants to change for this run")
     p.add_argument("--data-dir", default="data", help="folder with MNIST and its classifier")
     p.add_argument("--loss", default="eps", help="eps (L_simple, the default), min-snr-GAMMA "
                    "(eps target, weights min(SNR, GAMMA) / SNR, Hang et al. 2023) or v (the "
                    "v target of Salimans & Ho 2022, turned back into eps for sampling)")
-    p.add_argument("--nchw", action="store_true",
-                   help="keep the U-Net in PyTorch's default memory format on a CPU too (the "
-                        "default before channels_last)")
-    p.add_argument("--attention", type=int, nargs="*", default=None, metavar="LEVEL",
-                   help="the U-Net levels with self-attention (default: the cpu preset's)")
     p.add_argument("--score-only", metavar="RUN_DIR",
                    help="train nothing: draw and score --n images from a run made before")
     p.add_argument("--extra-ema", type=float, nargs="*", default=[], metavar="DECAY",
                    help="also keep EMAs of these decays in the same run, and score each")
     args = p.parse_args(argv)
-    use_loss(part2_diffusion, args.loss)
-    if args.attention is not None:
-        part2_diffusion.PRESETS[part2_diffusion.PRESET]["attention"] = args.attention
-    if args.nchw:
-        part2_diffusion.on_device = lambda model, device: model.to(device)
-    for item in args.set:
-        name, value = item.split("=", 1)
-        if not hasattr(part2_diffusion, name):
-            raise SystemExit(f"part2_diffusion.py has no constant {name}")
-        setattr(part2_diffusion, name, ast.literal_eval(value))
+    loss_fn, make_eps_theta = loss_variant(part2_diffusion, args.loss)
     classifier, _ = metrics.load_or_train_classifier(args.data_dir)
-    extra = track_extra_emas(part2_diffusion, args.extra_ema)
+    loss_fn, extra = track_extra_emas(loss_fn, args.extra_ema)
     first, whole = None, None
     if args.score_only:  # a run trained before (its 64-image draw failed, say): score it only
         run = Path(args.score_only)
@@ -583,52 +568,53 @@ def bench_targets(argv):
         start = time.time()
         first = part2_diffusion.run(settings(part2_diffusion.get_args, data_dir=args.data_dir,
                                              runs=str(runs), name="run", minutes=args.minutes,
-                                             seed=args.seed))
+                                             seed=args.seed), loss_fn, make_eps_theta)
         whole, run = time.time() - start, runs / "run"
     print(f"\ndefault command, {args.minutes:g} min, seed {args.seed}, "
-          f"{torch.get_num_threads()} torch threads, loss {args.loss}"
-          f"{', NCHW' if args.nchw else ''}"
-          f"{'' if args.attention is None else f', attention at {args.attention}'}, "
-          f"changed: {' '.join(args.set) or 'nothing'}; run in {run}")
+          f"{torch.get_num_threads()} torch threads, loss {args.loss}; run in {run}")
     if first is not None:
         print(f"  {'whole run (training, 64 images, figures)':42s} {whole / 60:.1f} min")
         what = f"64 images, {first['sampler']}-{first['sampling_steps']}"
         print(f"  {what:42s} {first['sampling_seconds']:.1f} s")
-    score_run(part2_diffusion, run, args, classifier, "")
+    score_run(part2_diffusion, run, args, classifier, "", make_eps_theta)
     for decay, ema in extra.items():  # the same run, sampled from an EMA of another decay
         ckpt = load_safely(run / "checkpoint.pt")
         ckpt["ema"] = ema.state_dict()
         ckpt["meta"] = dict(ckpt["meta"], ema_decay=decay)
         (run.parent / f"ema{decay}").mkdir()
         torch.save(ckpt, run.parent / f"ema{decay}" / "checkpoint.pt")
-        score_run(part2_diffusion, run.parent / f"ema{decay}", args, classifier, f"EMA {decay}: ")
+        score_run(part2_diffusion, run.parent / f"ema{decay}", args, classifier, f"EMA {decay}: ",
+                  make_eps_theta)
 
 
-def track_extra_emas(p2, decays):
+def track_extra_emas(loss_fn, decays):
     """Average the weights at each of `decays` too, beside the run's own EMA, in the same run:
-    a paired comparison of EMA decays that costs one training. Returns {decay: its EMA}."""
+    a paired comparison of EMA decays that costs one training. The averages are updated as each
+    step's loss is computed, with the weights the previous step left (so they lag the run's own
+    EMA by one step, of thousands). Returns (a loss_fn for part2_diffusion.run, {decay: EMA})."""
     import copy
 
-    extra, plain = {}, p2.update_ema
+    import part2_diffusion
+    extra, steps = {}, []
 
-    def update_ema(ema, model, step, decay):
-        plain(ema, model, step, decay)
+    def loss_and_averages(model, sched, x0, y=None):
+        steps.append(1)
         for d in decays:
             if d not in extra:
                 extra[d] = copy.deepcopy(getattr(model, "module", model)).eval()
-            plain(extra[d], model, step, d)
-    p2.update_ema = update_ema
-    return extra
+            part2_diffusion.update_ema(extra[d], model, len(steps) - 1, d)
+        return loss_fn(model, sched, x0, y)
+    return (loss_and_averages if decays else loss_fn), extra
 
 
-def score_run(p2, run, args, classifier, label):
+def score_run(p2, run, args, classifier, label, make_eps_theta):
     """Draw --n images from the run's EMA with the default sampler and print their scores."""
     import numpy as np
 
     import metrics
     drawn = settings(p2.get_args, data_dir=args.data_dir, sample_from=str(run), n=args.n,
                      seed=args.seed)
-    big = p2.run(drawn)
+    big = p2.run(drawn, make_eps_theta=make_eps_theta)
     samples = np.load(run / "samples" / p2.sample_folder_name(drawn) / "samples.npy")
     sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
     m = big["metrics"]

@@ -89,3 +89,14 @@ def seed_step(seed, step):
     processes resume exactly. One process keeps the random stream of the checkpoint instead."""
     if size() > 1:  # a different seed for every (rank, step), steps below a million
         torch.manual_seed((seed * 1_000_003 + rank()) * 1_000_003 + step)
+
+
+def batches(draw_batch, images, labels, meta):
+    """draw(step) for the training loop: draw_batch(images, labels, meta) for this process's share
+    of the batch (batch_size / N), with the random numbers of (seed, rank, step) when N > 1."""
+    share = dict(meta, batch_size=meta["batch_size"] // size())
+
+    def draw(step):
+        seed_step(meta["seed"], step)
+        return draw_batch(images, labels, share)
+    return draw

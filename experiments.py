@@ -48,6 +48,7 @@ def schedules_experiment(argv):
     import torch
 
     import metrics
+    import flags
     import part2_diffusion
     from outputs import UserError, check_writable, save_json, settings
     from schedule import SCHEDULES
@@ -87,11 +88,11 @@ def schedules_experiment(argv):
     measure_at = sorted(set(args.measure_at) | {args.steps})  # the sweep samples the final model: score it too
     schedules = list(dict.fromkeys(args.schedules))
     out = check_writable(args.out)
-    device = part2_diffusion.pick_device(args.device)
+    device = flags.pick_device(args.device)
     metrics.load_or_train_classifier(args.data_dir)  # train it now (if needed), not inside the first measurement
     metrics.load_mnist(args.data_dir, train=False, need="the FID reference is the MNIST test set")  # fail now
 
-    where = part2_diffusion.device_name(device)
+    where = flags.device_name(device)
     result = dict(device=where, torch=torch.__version__, complete=False, rows=[], config=dict(
         schedules=schedules, steps=measure_at[-1], measure_at=measure_at, sampling_steps=args.sampling_steps,
         n=args.n, T=args.T, seed=args.seed, preset=part2_diffusion.PRESET, batch_size=part2_diffusion.BATCH_SIZE,
@@ -230,6 +231,7 @@ def gan_experiment(argv):
 
     import gan_baseline
     import metrics
+    import flags
     import part2_diffusion
     from runs import load_safely
     from outputs import UserError, check_writable, save_json, settings
@@ -252,10 +254,10 @@ def gan_experiment(argv):
                         f"{metrics.K} (precision and recall use k = {metrics.K}); got --minutes {args.minutes}, "
                         f"--n {args.n}, --ddpm-n {args.ddpm_n}")
     out = check_writable(args.out)
-    device = part2_diffusion.pick_device(args.device)
+    device = flags.pick_device(args.device)
     metrics.load_or_train_classifier(args.data_dir)  # train it now (if needed), so that every run is scored
     metrics.load_mnist(args.data_dir, train=False, need="the FID reference is the MNIST test set")  # fail now
-    where = part2_diffusion.device_name(device)
+    where = flags.device_name(device)
     print(f"device: {where}; {args.minutes:g} training minutes per run; N = {args.n}", file=sys.stderr)
 
     rows, losses, grids = [], [], []
@@ -407,8 +409,8 @@ def guidance_experiment(argv):
     """
     import torch
 
+    import flags
     import metrics
-    import part2_diffusion
     import part3_text_to_image as part3
     from outputs import UserError, check_writable, pick_threads, save_json
     from schedule import Schedule
@@ -419,13 +421,13 @@ def guidance_experiment(argv):
     if not 1 <= args.sampling_steps <= sched.T:
         raise UserError(f"--sampling-steps must lie in 1..T = {sched.T}; got {args.sampling_steps}")
     out = check_writable(args.out)
-    device = part2_diffusion.pick_device(args.device)
+    device = flags.pick_device(args.device)
     if device.type == "cpu":
         pick_threads()  # one per idle core: see outputs.pick_threads
     classifier = metrics.load_or_train_classifier(args.data_dir)[0]
     test_x, _ = metrics.load_mnist(args.data_dir, train=False,
                                    need="the FID reference is the MNIST test set")
-    where = part2_diffusion.device_name(device)
+    where = flags.device_name(device)
     result = dict(run=args.run, steps=ckpt["step"], device=where, torch=torch.__version__,
                   complete=False, rows=[], config=dict(n=args.n, scales=args.scales, seed=args.seed,
                                                        sampling_steps=args.sampling_steps))
@@ -519,10 +521,9 @@ def guidance_table(rows, head=True):
 
 def plot_guidance_samples(cells, result, path):
     """FIGURE_PROMPTS (rows) against the scales (columns), the same noise in each column."""
-    import plots  # noqa: F401  (first: it makes matplotlib draw to files only)
-    from part3_text_to_image import image_table
+    import plots
     columns = [f"guidance {r['scale']:g}" for r in result["rows"]]
-    image_table([list(row) for row in zip(*cells)], [f'"{p}"' for p in FIGURE_PROMPTS], columns,
+    plots.image_table([list(row) for row in zip(*cells)], [f'"{p}"' for p in FIGURE_PROMPTS], columns,
                 path, f"Classifier-free guidance, same noise in every column ({result['run']}, "
                       f"step {result['steps']}, DDIM-{result['config']['sampling_steps']})")
 

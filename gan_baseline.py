@@ -22,7 +22,6 @@ experiments.py gan measures both.
 Everything a run writes goes to runs/<name>/: checkpoint.pt, samples.png, samples.npy, loss.png,
 config.json and summary.json. Images are in [-1, 1], as in data.py and part2_diffusion.py.
 """
-import sys
 import time
 
 import numpy as np
@@ -31,11 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-import part2_diffusion
+import flags
+import metrics
 import plots
 import runs
-from outputs import (HelpFormatter, Progress, UserError, arg_parser, atomic_write, finite_float,
-                     run_main, save_figure, save_json)
+from outputs import HelpFormatter, UserError, arg_parser, finite_float, run_main, \
+    save_figure, save_json
 
 # Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps).
 # WIDTH 32 runs ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in
@@ -48,6 +48,7 @@ BATCH_SIZE = 64
 LR = 5e-4        # Adam with the DCGAN paper's betas; its lr, 2e-4, learns slower on this budget
 BETAS = (0.5, 0.999)
 STEPS = 100_000  # on a CPU, --minutes stops training first
+MINUTES = 10.0   # the DDPM's default budget
 N_SAMPLES = 64
 
 
@@ -93,19 +94,13 @@ def get_args(argv=None):
                    "digits are used instead, with a warning, as in part2_diffusion.py")
     p.add_argument("--steps", type=int, default=STEPS,
                    help="total steps (one D and one G update each)")
-    p.add_argument("--minutes", type=finite_float, default=part2_diffusion.MINUTES,
+    p.add_argument("--minutes", type=finite_float, default=MINUTES,
                    help="stop training after this many minutes (the DDPM's default budget)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="real and fake images per step")
     p.add_argument("--n", type=int, default=N_SAMPLES,
                    help="how many images to draw after training")
-    p.add_argument("--name", default=None,
-                   help="run folder name under --runs (default: gan, gan-2, ...)")
-    p.add_argument("--runs", default="runs", help="folder that holds the run folders")
-    p.add_argument("--overwrite", action="store_true", help="allow reusing an existing run folder")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, batches, z and samples")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    flags.run_group(p, "gan", seed_help="seed for weights, batches, z and samples")
     return p.parse_args(argv)
 
 
@@ -144,10 +139,11 @@ def generator_step(D, opt_g, x_fake, real):
 
 
 def train(args, run_dir, device, overwrite=False):
-    """Alternate one D step and one G step on fresh batches until --steps or --minutes runs out.
+    """Alternate one D step and one G step on fresh batches until --steps, --minutes, Ctrl-C or
+    SIGTERM (runs.Run: the checkpoint is saved on the way out).
 
-    Returns G (in eval mode: BatchNorm uses its running statistics), the run's metadata, the
-    per-step losses {"d": [...], "g": [...]} and {"steps", "train_seconds"}."""
+    Returns (the runs.Run, which holds the losses {"d": [...], "g": [...]} and the step reached,
+    and G, in eval mode: BatchNorm uses its running statistics)."""
     torch.manual_seed(args.seed)
     images, _, used = data.load("mnist", args.data_dir, train=True, fallback=True)
     if images.shape[1:] != (1, 28, 28):
@@ -165,24 +161,15 @@ def train(args, run_dir, device, overwrite=False):
     images = images.to(device)
     real = torch.ones(args.batch_size, device=device)
     fake = torch.zeros(args.batch_size, device=device)
-    history, step = {"d": [], "g": []}, 0
-    meter = Progress(args.steps, "training", seconds=60 * args.minutes)
-    while step < args.steps and not meter.out_of_time():
-        x = images[torch.randint(0, len(images), (args.batch_size,), device=device)]
-        x_fake = G(torch.randn(args.batch_size, Z_DIM, device=device))
-        history["d"].append(discriminator_step(D, opt_d, x, x_fake, real, fake))
-        history["g"].append(generator_step(D, opt_g, x_fake, real))
-        step += 1
-        if not (np.isfinite(history["d"][-1]) and np.isfinite(history["g"][-1])):
-            raise UserError(f"the losses became {history['d'][-1]} (D) and {history['g'][-1]} (G) "
-                            f"at step {step}: the weights diverged; try another --seed")
-        meter.tick(f"D {np.mean(history['d'][-100:]):.3f}  G {np.mean(history['g'][-100:]):.3f}")
-    meter.close()
-    trained = dict(steps=step, train_seconds=meter.seconds())
-    state = dict(meta=meta, generator=G.state_dict(), discriminator=D.state_dict(),
-                 opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), step=step, history=history)
-    atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
-    return G.eval(), meta, history, trained
+    nets = dict(generator=G, discriminator=D, opt_g=opt_g, opt_d=opt_d)
+    with runs.Run(run_dir, args, meta, nets, advice="the weights diverged; try another --seed",
+                  history={"d": [], "g": []}) as run:
+        while run.goes_on():
+            x = images[torch.randint(0, len(images), (args.batch_size,), device=device)]
+            x_fake = G(torch.randn(args.batch_size, Z_DIM, device=device))
+            run.step_done({"d": discriminator_step(D, opt_d, x, x_fake, real, fake),
+                           "g": generator_step(D, opt_g, x_fake, real)})
+    return run, G.eval()
 
 
 @torch.no_grad()
@@ -215,41 +202,28 @@ def loss_figure(history, path):
     save_figure(fig, path)
 
 
-def main(argv=None):
-    run(get_args(argv))
-
-
 def run(args):
-    """Train, then sample and score. Returns the summary (what summary.json holds). Other scripts
-    call it with outputs.settings(get_args, **flags) for args."""
+    """Train, then sample and score. Returns the summary (what summary.json holds), or None if
+    Ctrl-C or SIGTERM stopped training. Other scripts call it with outputs.settings(get_args,
+    **flags) for args."""
     check_args(args)
-    device = part2_diffusion.pick_device(args.device)
-    out, made = runs.claim_run_folder(args, "gan")  # as in Part 2: never shared
-    print(f"run folder: {out}", file=sys.stderr)
-    try:
-        G, meta, history, trained = train(args, out, device, overwrite=out not in made)
-    except BaseException:
-        runs.unclaim(made)  # failed before writing anything: no empty folder left behind
-        raise
-    loss_figure(history, out / "loss.png")
+    device = flags.pick_device(args.device)
+    out, (run, G) = runs.train_in_folder(
+        args, "gan", lambda out, overwrite: train(args, out, device, overwrite), loss_figure)
+    if run.stopped:
+        return None
     samples, seconds = sample(G, args.n, args.seed, device)
-    atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, samples.numpy().astype(np.float32)))
-    plots.sample_grid(samples[:256], out / "samples.png",
-                      f"{min(args.n, 256)} DCGAN samples ({meta['dataset']}, "
-                      f"step {trained['steps']})")
-    summary = dict(trained, dataset=meta["dataset"], n=args.n, seed=args.seed, sampling_steps=1,
-                   sampling_seconds=round(seconds, 2),
-                   final_d_loss=round(float(np.mean(history["d"][-100:])), 4),
-                   final_g_loss=round(float(np.mean(history["g"][-100:])), 4),
-                   metrics=part2_diffusion.evaluate(samples, meta, args))
-    save_json(out / "summary.json", summary)
-    print(f"sampled {args.n} images in {seconds:.2f} s; figures and samples.npy in {out}")
-    m = summary["metrics"]
-    if m:
-        print(f"FID {m['fid']:.2f} (N = {m['n']}), precision {m['precision']:.3f}, "
-              f"recall {m['recall']:.3f}, classes present {m['classes_present']}/10, "
-              f"mean confidence {m['confidence']:.3f}")
-    return summary
+    summary = dict(run.trained(), dataset=run.meta["dataset"], n=args.n, seed=args.seed,
+                   sampling_steps=1, sampling_seconds=round(seconds, 2),
+                   final_d_loss=round(float(np.mean(run.history["d"][-100:])), 4),
+                   final_g_loss=round(float(np.mean(run.history["g"][-100:])), 4),
+                   metrics=metrics.score_if_cached(samples, run.meta["dataset"], args.data_dir))
+    title = f"{min(args.n, 256)} DCGAN samples ({run.meta['dataset']}, step {run.step})"
+    return runs.write_samples(out, samples, summary, title, args.data_dir, grid=samples[:256])
+
+
+def main(argv=None):
+    return run(get_args(argv))
 
 
 if __name__ == "__main__":

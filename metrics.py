@@ -47,6 +47,7 @@ Next: Part 3 begins with captions.py, the prompts.
 """
 import math
 import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -302,6 +303,31 @@ def evaluate(samples, classifier, real_test_images, k=K, seed=SEED):
     for MNIST. FID uses all M as the reference. Precision and recall use N of them (a seeded draw):
     k-NN balls shrink as a set grows, so sets of unequal size would skew both numbers."""
     return scores(classifier, as_images(samples), features(classifier, real_test_images), k, seed)
+
+
+def cached_classifier(data_dir, why="no accuracy"):
+    """The classifier if it is cached in data_dir (a run never trains it), else None; a damaged
+    cache says so in a line, and the run goes on (its samples are saved: score them later)."""
+    if not (Path(data_dir) / CLASSIFIER_FILE).exists():
+        return None
+    try:
+        return load_or_train_classifier(data_dir, log=lambda *_: None)[0]
+    except UserError as e:
+        print(f"{why}: {e}", file=sys.stderr)
+        return None
+
+
+def score_if_cached(samples, dataset, data_dir):
+    """evaluate() for MNIST samples (n, 1, 28, 28) after a run, if the classifier is cached."""
+    if dataset != "mnist" or len(samples) <= K:
+        return None
+    classifier = cached_classifier(data_dir, "no metrics")
+    try:
+        real_test = classifier and load_mnist(data_dir, train=False)[0]
+    except UserError as e:  # no test set: the samples are saved; score them later
+        print(f"no metrics: {e}", file=sys.stderr)
+        return None
+    return classifier and evaluate(samples, classifier, real_test)
 
 
 def scores(classifier, images, real_feats, k=K, seed=SEED):

@@ -28,14 +28,11 @@ three things, each of which has a file of its own here:
    the empty prompt's tokens as "no condition"). `python experiments.py guidance` measures what
    that buys, and what it costs.
 
-The network (UNET and TEXT below) was chosen by timing candidates and measuring two of them: a
-U-Net of two levels, 8 x 8 and 4 x 4 with 16 and 32 channels, self- and cross-attention at both
-levels and in the middle, and a text encoder of two transformer layers of width 64. Twice the
-channels trained half as many steps in the same 12 minutes, and drew the prompted digit slightly
-more often at the same FID (BENCHMARKS.md, "Part 3"); wider still was slower still. Attention stays
-at 8 x 8, where a digit's strokes are placed. Sampling is DDIM (Song et
-al. 2021), 50 steps, without the clamping of x0_hat to [-1, 1] that suits pixels but not latents
-(they have unit variance, not a range).
+The network (UNET and TEXT below): a U-Net of two levels, 8 x 8 and 4 x 4 with 16 and 32
+channels, self- and cross-attention at both levels and in the middle, and a text encoder of two
+transformer layers of width 64, chosen by timing candidates (twice the channels trained half as
+many steps in the same 12 minutes). Sampling is DDIM (Song et al. 2021), 50 steps, without the
+clamping of x0_hat to [-1, 1] that suits pixels but not latents (unit variance, not a range).
 
 A run writes to runs/part3/ (then part3-2, ...): prompts.png (8 digits for each of 16 prompts),
 loss.png, checkpoint.pt (the network and the autoencoder whose latents it learned), config.json
@@ -47,7 +44,6 @@ Next: experiments.py, `guidance_experiment`: guidance's trade-off, measured.
 import copy
 import math
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,15 +54,14 @@ import autoencoder
 import captions
 import data
 import ddp
+import flags
 import metrics
 import part2_diffusion
 import plots
-from outputs import (HelpFormatter, Progress, UserError, arg_parser, atomic_write, check_writable,
-                     finite_float, pick_threads, remove_orphans, run_main, save_figure, save_json)
-from part2_diffusion import (Saver, Trained, finite, pick_device, probe_batch, restore,
-                             training_loop)
-from runs import (CHECKPOINT_KEYS, check_resumable, check_schedule, claim_run_folder,
-                  clear_old_run, read_checkpoint, unclaim)
+import runs
+from outputs import HelpFormatter, Progress, UserError, arg_parser, atomic_write, finite_float, \
+    pick_threads, run_main, save_json
+from part2_diffusion import train, training_loss
 from schedule import Schedule, classifier_free_guidance
 from unet import UNet
 
@@ -98,22 +93,9 @@ def get_args(argv=None):
                    formatter_class=HelpFormatter)
     p.add_argument("--data-dir", default="data",
                    help="MNIST, and the autoencoder cached by autoencoder.py")
-    g = p.add_argument_group("training", "--resume and --sample-from keep the run's own "
-                                         "--batch-size, --lr, --ema and --p-uncond")
-    g.add_argument("--steps", type=int, default=STEPS, help="total optimiser steps to train for")
-    g.add_argument("--minutes", type=finite_float, default=MINUTES,
-                   help="stop training after this many minutes, even if --steps is not reached")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help=f"latents per optimiser step (default {BATCH_SIZE})")
-    g.add_argument("--lr", type=finite_float, default=None,
-                   help=f"AdamW peak learning rate (default {LR})")
-    g.add_argument("--ema", type=finite_float, default=None,
-                   help=f"decay of the moving average of the weights (default {EMA_DECAY})")
+    g = flags.training_group(p, STEPS, MINUTES, BATCH_SIZE, LR, EMA_DECAY, what="latents")
     g.add_argument("--p-uncond", type=finite_float, default=None,
                    help=f"how often a caption is replaced by the empty prompt (default {P_UNCOND})")
-    g.add_argument("--ckpt-every", type=int, default=500,
-                   help="save a checkpoint every this many steps")
-    g.add_argument("--resume", metavar="RUN_DIR", help="continue training the run in RUN_DIR")
     g = p.add_argument_group("sampling")
     g.add_argument("--sample-from", metavar="RUN_DIR",
                    help="skip training: draw from RUN_DIR's checkpoint")
@@ -126,34 +108,15 @@ def get_args(argv=None):
                    help="classifier-free guidance scale: 0 ignores the prompt, 1 is the plain "
                         "conditional model, more follows the prompt more closely")
     g.add_argument("--sampling-steps", type=int, default=SAMPLING_STEPS, help="DDIM steps")
-    g = p.add_argument_group("run")
-    g.add_argument("--name", default=None,
-                   help="run folder name under --runs (default: part3, part3-2, ...)")
-    g.add_argument("--runs", default="runs", help="folder that holds the run folders")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace the run in an existing folder")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, batches and samples")
-    g.add_argument("--device", default="auto",
-                   help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    flags.run_group(p, "part3", seed_help="seed for weights, batches and samples")
     return p.parse_args(argv)
 
 
 def check_args(args):
     """Refuse bad flags, and a prompt with a word outside the vocabulary, before any work."""
-    for flag in ("n", "steps", "batch_size", "sampling_steps", "ckpt_every"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.minutes <= 0 or (args.lr is not None and args.lr <= 0):
-        raise UserError("--minutes and --lr must be positive")
-    if args.ema is not None and not 0 <= args.ema < 1:
-        raise UserError(f"--ema must be in [0, 1), got {args.ema}")
-    if args.p_uncond is not None and not 0 <= args.p_uncond <= 1:
-        raise UserError(f"--p-uncond must be in [0, 1], got {args.p_uncond}")
+    flags.check_training(args)
     if args.sampling_steps > T:
         raise UserError(f"--sampling-steps {args.sampling_steps} exceeds T = {T}")
-    if args.resume and args.sample_from:
-        raise UserError("--resume and --sample-from are exclusive: train more, or only sample")
     if args.prompt is not None:
         captions.tokenize([args.prompt])  # an unknown word: one line that lists the vocabulary
 
@@ -161,19 +124,10 @@ def check_args(args):
 def settle_flags(args, meta, where):
     """The flags that define a run: the defaults for a new one (meta None); for --resume and
     --sample-from (`where`) the run's own, refusing a flag given that contradicts them."""
-    given = dict(batch_size=args.batch_size, lr=args.lr, ema=args.ema, p_uncond=args.p_uncond)
-    if meta is None:
-        defaults = dict(batch_size=BATCH_SIZE, lr=LR, ema=EMA_DECAY, p_uncond=P_UNCOND)
-        vars(args).update({k: defaults[k] if v is None else v for k, v in given.items()})
-        return
-    kept = dict(batch_size=meta["batch_size"], lr=meta["lr"], ema=meta["ema_decay"],
-                p_uncond=meta["p_uncond"])
-    clashes = [f"--{k.replace('_', '-')} {v} (the run has {kept[k]})"
-               for k, v in given.items() if v is not None and v != kept[k]]
-    if clashes:
-        raise UserError(f"{where} keeps the settings the run was trained with; drop the flags "
-                        f"that contradict them: {', '.join(clashes)}")
-    vars(args).update(kept)
+    stored = meta and dict(batch_size=meta["batch_size"], lr=meta["lr"], ema=meta["ema_decay"],
+                           p_uncond=meta["p_uncond"])
+    flags.settle(args, dict(batch_size=BATCH_SIZE, lr=LR, ema=EMA_DECAY, p_uncond=P_UNCOND),
+                 stored, where)
 
 
 # --- the network: text encoder and U-Net as one -----------------------------------------------
@@ -201,33 +155,32 @@ def new_network():
     return TextToImage(dict(UNET, context_dim=TEXT["dim"]), TEXT)
 
 
-def build(meta, state, path):
-    """A TextToImage with a checkpoint's configuration and weights, or one line saying why not."""
+def stored(make, state, path, what):
+    """make() with the weights `state` of the checkpoint at path, or one line saying why not."""
     try:
-        model = TextToImage(meta["model_config"], meta["text_config"])
+        model = make()
         model.load_state_dict(state)
     except Exception as e:  # a hand-edited configuration can fail in any way: input, not our bug
-        raise UserError(f"the network in {path} cannot be built from its configuration "
-                        f"({type(e).__name__})") from None
+        raise UserError(f"the {what} stored in {path} does not load ({type(e).__name__})") \
+            from None
     return model
 
 
+def build(meta, state, path):
+    return stored(lambda: TextToImage(meta["model_config"], meta["text_config"]), state, path,
+                  "network")
+
+
 def stored_autoencoder(state, path):
-    model = autoencoder.Autoencoder()
-    try:
-        model.load_state_dict(state)
-    except Exception as e:
-        raise UserError(f"the autoencoder stored in {path} does not load ({type(e).__name__})") \
-            from None
-    return model.eval().requires_grad_(False)
+    return stored(autoencoder.Autoencoder, state, path, "autoencoder").eval().requires_grad_(False)
 
 
 def load_run(run_dir):
     """A Part 3 checkpoint, checked before any work. Returns (ckpt, EMA network, autoencoder)."""
-    ckpt = read_checkpoint(run_dir, CHECKPOINT_KEYS | {"autoencoder"}, META_KEYS,
-                           "part3_text_to_image.py")
+    ckpt = runs.read_checkpoint(run_dir, runs.CHECKPOINT_KEYS | {"autoencoder"}, META_KEYS,
+                                "part3_text_to_image.py")
     path = Path(run_dir) / "checkpoint.pt"
-    check_schedule(ckpt["meta"], path)
+    runs.check_schedule(ckpt["meta"], path)
     ema = build(ckpt["meta"], ckpt["ema"], path).eval()
     return ckpt, ema, stored_autoencoder(ckpt["autoencoder"], path)
 
@@ -278,28 +231,8 @@ def draw_batch(digits, meta, step):
     return latents[idx], captions.tokenize(prompts).to(latents.device)
 
 
-def probe(digits, sched, device):
-    """Part 2's probe_batch, which Saver tests the weights on, for the first 16 latents with a
-    caption each (from a generator of their own: the run's random numbers do not move)."""
-    rng = random.Random(0)
-    prompts = [captions.caption(digits["labels"][i], digits["width"][i], digits["slant"][i], rng)
-               for i in range(16)]
-    return probe_batch(digits["latents"][:16].cpu(), captions.tokenize(prompts), sched, device)
-
-
-def start_run_folder(run_dir, args, meta, model, overwrite):
-    """Clear an --overwrite'n run's files, then write config.json."""
-    if overwrite:
-        clear_old_run(run_dir)
-    count = lambda m: sum(p.numel() for p in m.parameters())
-    save_json(run_dir / "config.json", dict(
-        meta, steps=args.steps, minutes=args.minutes, warmup=part2_diffusion.WARMUP,
-        lr_decay=part2_diffusion.LR_DECAY, grad_clip=part2_diffusion.GRAD_CLIP,
-        unet_parameters=count(model.unet), text_encoder_parameters=count(model.text)))
-
-
-def train(args, run_dir, device, ckpt=None, overwrite=False):
-    """Algorithm 1 with Part 2's helpers, on latents and captions:
+def fit(args, out, device, ckpt, overwrite):
+    """Algorithm 1 with Part 2's train, on latents and captions:
 
         repeat
             (z0, caption) ~ data;  the caption is the empty prompt 10% of the time
@@ -307,23 +240,28 @@ def train(args, run_dir, device, ckpt=None, overwrite=False):
             gradient step on ||eps - eps_theta(z_t, t, caption)||^2, for U-Net and text encoder
         until --steps, --minutes, Ctrl-C or SIGTERM
 
-    Returns (a part2_diffusion.Trained, the autoencoder)."""
+    Returns (the runs.Run, which holds the step, history and EMA, the schedule, the autoencoder)."""
     images, labels, ae, model, meta = setup(args, ckpt)
     digits = encode_digits(ae, images, labels, device)
     sched = Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
-    step, history = restore(ckpt, ema, opt)
-    start_run_folder(run_dir, args, meta, model, overwrite)
-    saver = Saver(run_dir, meta, probe(digits, sched, device), ckpt,
-                  extra=dict(autoencoder=ae.state_dict()))
-    meter = Progress(args.steps, "training", done=step, seconds=60 * args.minutes)
-    # latents z0 and their captions' tokens; the loop is Part 2's, as are all its steps
-    step, stopped = training_loop(model, ema, opt, sched,
-                                  lambda step: draw_batch(digits, meta, step), saver, meter,
-                                  step, history, args, meta)
-    return Trained(ema, sched, meta, history, step, meter.seconds(), stopped), ae
+    if overwrite:
+        runs.clear_old_run(out)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    save_json(out / "config.json", dict(
+        meta, steps=args.steps, minutes=args.minutes, warmup=part2_diffusion.WARMUP,
+        lr_decay=part2_diffusion.LR_DECAY, grad_clip=part2_diffusion.GRAD_CLIP,
+        unet_parameters=count(model.unet), text_encoder_parameters=count(model.text)))
+    rng = random.Random(0)  # the divergence probe's captions: the run's random numbers stay put
+    prompts = [captions.caption(digits["labels"][i], digits["width"][i], digits["slant"][i], rng)
+               for i in range(16)]
+    works = runs.divergence_probe(digits["latents"], captions.tokenize(prompts), sched, device)
+    nets = dict(model=model, ema=ema, optimizer=opt)
+    with runs.Run(out, args, meta, nets, ckpt, works, dict(autoencoder=ae.state_dict())) as run:
+        train(model, sched, lambda step: draw_batch(digits, meta, step), run, training_loss)
+    return run, sched, ae
 
 
 # --- sampling: DDIM in the latent space, guided by the prompt, then decoded ---------------------
@@ -346,7 +284,7 @@ def generate(model, ae, sched, prompts, guidance, steps, seed, device):
         guided = classifier_free_guidance(model, y, guidance, null_label=empty.expand_as(y))
 
         def eps_fn(z_t, t, guided=guided):
-            eps_hat = finite(guided(z_t, t))
+            eps_hat = runs.finite(guided(z_t, t))
             meter.tick()
             return eps_hat
         z0, _ = sched.ddim_sample_loop(eps_fn, (len(y), *LATENT), steps=steps, generator=gen,
@@ -368,45 +306,13 @@ def prompted_digit(prompt):
 
 def digit_accuracy(classifier, images, prompts):
     """The fraction of the images that metrics.py's classifier reads as the digit their prompt
-    names (prompts that name none are left out); None if no prompt names one."""
+    names (prompts that name none are left out)."""
     digits = [prompted_digit(p) for p in prompts]
     keep = [i for i, d in enumerate(digits) if d is not None]
-    if not keep:
+    if not keep:  # no prompt names a digit
         return None
     read = metrics.predict(classifier, images[keep]).argmax(1)
     return float((read == np.array([digits[i] for i in keep])).mean())
-
-
-def cached_classifier(data_dir):
-    """metrics.py's classifier if it is cached in data_dir (never trained here), else None."""
-    if not (Path(data_dir) / metrics.CLASSIFIER_FILE).exists():
-        return None
-    try:
-        return metrics.load_or_train_classifier(data_dir, log=lambda *_: None)[0]
-    except UserError as e:  # a damaged cache: the samples are saved all the same
-        print(f"no accuracy: {e}", file=sys.stderr)
-        return None
-
-
-def image_table(cells, rows, columns, path, title):
-    """A figure of image rows: cells[r][c], (k, 1, 28, 28) in [-1, 1], side by side in row r
-    (named rows[r]) and column c (named columns[c]). prompts.png and experiments.py use it."""
-    import matplotlib.pyplot as plt  # plots.py has set it to draw to files only
-    k = max(len(images) for row in cells for images in row)
-    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, layout="constrained",
-                             figsize=(0.75 * k * len(columns) + 2.5, 0.8 * len(rows) + 0.8))
-    for r, row in enumerate(cells):
-        for c, images in enumerate(row):
-            ax = axes[r, c]
-            ax.imshow(plots.to_image(plots.tile(images, len(images))), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(rows[r], rotation=0, ha="right", va="center", fontsize=9)
-            if r == 0:
-                ax.set_title(columns[c], fontsize=9)
-    fig.suptitle(title)
-    save_figure(fig, path)
 
 
 def draw_grid(args, out, model, ae, sched, device, title):
@@ -415,8 +321,8 @@ def draw_grid(args, out, model, ae, sched, device, title):
     images, seconds = generate(model, ae, sched, prompts, args.guidance, args.sampling_steps,
                                args.seed, device)
     cells = [[images[r * GRID_COLUMNS:(r + 1) * GRID_COLUMNS]] for r in range(len(GRID_PROMPTS))]
-    image_table(cells, [f'"{p}"' for p in GRID_PROMPTS], [""], out / "prompts.png", title)
-    classifier = cached_classifier(args.data_dir)
+    plots.image_table(cells, [f'"{p}"' for p in GRID_PROMPTS], [""], out / "prompts.png", title)
+    classifier = metrics.cached_classifier(args.data_dir)
     return dict(grid_prompts=GRID_PROMPTS, grid_seconds=round(seconds, 1),
                 grid_digit_accuracy=classifier and digit_accuracy(classifier, images, prompts))
 
@@ -429,7 +335,7 @@ def draw_prompt(args, out, model, ae, sched, device, title):
     atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, images.numpy().astype(np.float32)))
     plots.sample_grid(images, out / "samples.png", f'"{args.prompt}": {title}')
     width, slant = captions.measure(images)
-    classifier = cached_classifier(args.data_dir)
+    classifier = metrics.cached_classifier(args.data_dir)
     return dict(prompt=args.prompt, n=args.n, sampling_seconds=round(seconds, 1),
                 digit_accuracy=classifier and digit_accuracy(classifier, images, prompts),
                 mean_stroke_width=round(float(width.mean()), 3),
@@ -437,8 +343,7 @@ def draw_prompt(args, out, model, ae, sched, device, title):
 
 
 def draw(args, out, model, ae, sched, history, trained, device, grid):
-    """prompts.png (if `grid`) and --prompt's digits (if given), then summary.json. Returns the
-    summary."""
+    """prompts.png (if `grid`), --prompt's digits (if given), summary.json; returns the summary."""
     title = (f"guidance {args.guidance:g}, DDIM-{args.sampling_steps}, seed {args.seed} "
              f"(step {trained['steps']})")
     summary = dict(trained, guidance=args.guidance, sampling_steps=args.sampling_steps,
@@ -460,19 +365,13 @@ def draw(args, out, model, ae, sched, history, trained, device, grid):
 def sample_folder_name(args):
     """The folder under samples/ for a --sample-from draw, named after every flag that changes it:
     prompts-guidance3-ddim50-seed0, a-thick-seven-guidance3-ddim50-n16-seed0, empty-prompt-..."""
-    if args.prompt is None:
-        what = "prompts"
-    else:
-        what = "-".join(args.prompt.lower().split()) or "empty-prompt"
-    n = "" if args.prompt is None else f"-n{args.n}"
-    return f"{what}-guidance{args.guidance:g}-ddim{args.sampling_steps}{n}-seed{args.seed}"
+    what = "prompts" if args.prompt is None else (
+        "-".join(args.prompt.lower().split()) or "empty-prompt")
+    return flags.folder_name([what, f"guidance{args.guidance:g}", f"ddim{args.sampling_steps}"],
+                             None if args.prompt is None else args.n, args.seed)
 
 
 # --- the command line ---------------------------------------------------------------------------
-
-def main(argv=None):
-    run(get_args(argv))
-
 
 def run(args):
     """Train then draw, or only draw (--sample-from). Returns the summary (what summary.json
@@ -481,7 +380,7 @@ def run(args):
     check_args(args)
     if ddp.size() > 1:
         raise UserError("Part 3 trains in one process: start it with python, not torchrun")
-    device = pick_device(args.device)
+    device = flags.pick_device(args.device)
     if device.type == "cpu":
         pick_threads()  # one per idle core: see outputs.pick_threads
     if args.sample_from:
@@ -495,9 +394,7 @@ def sample_from(args, device):
     sched = Schedule(ckpt["meta"]["schedule"]["name"], ckpt["meta"]["schedule"]["T"])
     if args.sampling_steps > sched.T:
         raise UserError(f"--sampling-steps {args.sampling_steps} exceeds the run's T = {sched.T}")
-    out = Path(args.sample_from) / "samples" / sample_folder_name(args)
-    check_writable(out, "--sample-from")
-    remove_orphans(out)
+    out = runs.sample_folder(args.sample_from, sample_folder_name(args))
     return draw(args, out, model.to(device), ae.to(device), sched, ckpt["history"],
                 dict(steps=ckpt["step"]), device, grid=args.prompt is None)
 
@@ -505,27 +402,18 @@ def sample_from(args, device):
 def train_then_sample(args, device):
     ckpt = load_run(args.resume)[0] if args.resume else None
     if ckpt is not None:
-        check_resumable(ckpt, args.resume)
+        runs.check_resumable(ckpt, args.resume)
     settle_flags(args, ckpt and ckpt["meta"], "--resume")
-    if args.resume:
-        out, made = check_writable(args.resume, "--resume"), []
-        remove_orphans(out)  # what a killed run left half-written
-    else:
-        out, made = claim_run_folder(args, prefix="part3")
-    print(f"run folder: {out}; {torch.get_num_threads()} torch threads", file=sys.stderr)
-    try:
-        result, ae = train(args, out, device, ckpt, overwrite=out not in made and not args.resume)
-    except BaseException:
-        unclaim(made)  # failed before writing anything: leave no empty folder behind
-        raise
-    plots.loss_curve(result.history, out / "loss.png")
-    if result.interrupted:
-        print(f"interrupted: checkpoint saved at step {result.steps} in {out}; continue "
-              f"training with --resume {out}, or draw with --sample-from {out}", file=sys.stderr)
+    out, (run, sched, ae) = runs.train_in_folder(
+        args, "part3", lambda out, overwrite: fit(args, out, device, ckpt, overwrite))
+    if run.stopped:
         return None
-    trained = dict(steps=result.steps, train_seconds=result.seconds)
-    return draw(args, out, result.ema, ae.to(device), result.sched, result.history, trained,
+    return draw(args, out, run.nets["ema"], ae.to(device), sched, run.history, run.trained(),
                 device, grid=True)
+
+
+def main(argv=None):
+    return run(get_args(argv))
 
 
 if __name__ == "__main__":

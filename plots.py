@@ -205,3 +205,24 @@ def main(argv=None):
 
 if __name__ == "__main__":
     run_main(main)
+
+
+def image_table(cells, rows, columns, path, title):
+    """A figure of image rows: cells[r][c], (k, 1, 28, 28) in [-1, 1], side by side in row r
+    (named rows[r]) and column c (named columns[c]). Part 3's prompts.png and experiments.py use
+    it."""
+    k = max(len(images) for row in cells for images in row)
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, layout="constrained",
+                             figsize=(0.75 * k * len(columns) + 2.5, 0.8 * len(rows) + 0.8))
+    for r, row in enumerate(cells):
+        for c, images in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(to_image(tile(images, len(images))), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(rows[r], rotation=0, ha="right", va="center", fontsize=9)
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+    fig.suptitle(title)
+    save_figure(fig, path)

@@ -1,22 +1,33 @@
-"""Where a run lives: its folder, claimed so that two runs never share one, and its checkpoints.
+"""Where a run lives and what happens around its training loop: the folder, claimed so that two runs
+never share one; the checkpoints; and Run, the housekeeping of each training step.
 
-    folder, made = claim_run_folder(args)     # runs/ddpm, runs/ddpm-2, ... or --name
-    save_checkpoint(folder / "checkpoint.pt", state)
-    ckpt = load_checkpoint(folder)            # checked before any work: entries, schedule, U-Net
+    out, run = train_in_folder(args, "ddpm", fit)  # runs/ddpm, runs/ddpm-2, ... or --name/--resume
+    with Run(out, args, meta, nets, ckpt) as run:  # inside fit: resume, budget, Ctrl-C, checkpoints
+        while run.goes_on():
+            ...one step of the algorithm...
+            run.step_done(loss)
+    ckpt = load_checkpoint(folder)                 # checked before any work
 
 part2_diffusion.py, part3_text_to_image.py and gan_baseline.py keep their runs this way. A student
-can skip this file: it is housekeeping (exclusive folder creation, --overwrite, one-line errors for
-damaged or hand-edited checkpoints), not diffusion. Every file goes through outputs.atomic_write.
+can skip this file: it is housekeeping (exclusive folder creation, --overwrite, resume, signals, the
+divergence guard, one-line errors for damaged or hand-edited checkpoints), not diffusion. Every file
+goes through outputs.atomic_write.
 """
+import contextlib
 import io
 import pickle
 import shutil
+import signal
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from outputs import UserError, atomic_write, check_writable, remove_orphans
-from schedule import MAX_T, SCHEDULES
+import ddp
+import plots
+from outputs import Progress, UserError, atomic_write, check_writable, remove_orphans, save_json
+from schedule import MAX_T, SCHEDULES, Schedule
 from unet import UNet
 
 # --- run folders ----------------------------------------------------------------------------------
@@ -92,10 +103,13 @@ def save_checkpoint(path, state):
     atomic_write(path, write)
 
 
-def load_checkpoint(run_dir):
+def load_checkpoint(run_dir, resumable=False):
     """The checkpoint in run_dir, checked as far as it can be before any work: its entries, and that
-    its schedule and its U-Net can be built (a hand-edited file fails here, in one line)."""
+    its schedule and its U-Net can be built (a hand-edited file fails here, in one line); with
+    resumable, that it holds what --resume needs."""
     ckpt = read_checkpoint(run_dir)
+    if resumable:
+        check_resumable(ckpt, run_dir)
     path = Path(run_dir) / "checkpoint.pt"
     check_schedule(ckpt["meta"], path)
     build_model(ckpt["meta"]["model_config"], ckpt["ema"], path)
@@ -167,6 +181,11 @@ def check_schedule(meta, path):
                         f"it needs a name in {', '.join(SCHEDULES)} and 1 <= T <= {MAX_T}")
 
 
+def build_schedule(meta, path):
+    check_schedule(meta, path)
+    return Schedule(meta["schedule"]["name"], meta["schedule"]["T"])
+
+
 def build_model(model_config, state_dict, path):
     try:
         model = UNet(**model_config)
@@ -180,3 +199,226 @@ def build_model(model_config, state_dict, path):
         raise UserError(f"the weights in {path} do not fit the model configuration "
                         "stored with them")
     return model
+
+
+# --- a training run: its folder, budget, signals, checkpoints and divergence guard ---------------
+
+def train_in_folder(args, prefix, fit, loss_figure=None):
+    """Train into --resume's folder (what a killed run left half-written removed first) or a new one
+    claimed under --runs: fit(folder, overwrite) trains and returns its Run (or a tuple that starts
+    with it); then loss.png, and a line on how to go on if Ctrl-C or SIGTERM stopped it. Returns
+    (folder, what fit returned). A run that fails before writing anything leaves no empty folder."""
+    resume = getattr(args, "resume", None)  # the DCGAN has no --resume
+    if not ddp.is_main():  # torchrun: only rank 0 touches the run folder
+        return None, fit(None, False)
+    if resume:
+        out, made = check_writable(resume, "--resume"), []
+        remove_orphans(out)
+    else:
+        out, made = claim_run_folder(args, prefix)
+    threads = torch.get_num_threads()
+    print(f"run folder: {out}; {threads} torch thread{'s' if threads > 1 else ''}"
+          + (f" in each of {ddp.size()} processes" if ddp.size() > 1 else ""), file=sys.stderr)
+    try:
+        result = fit(out, out not in made and not resume)
+    except BaseException:
+        unclaim(made)
+        raise
+    run = result[0] if isinstance(result, tuple) else result
+    (loss_figure or plots.loss_curve)(run.history, out / "loss.png")
+    if run.stopped:
+        print(f"interrupted: checkpoint saved at step {run.step} in {out}; continue training "
+              f"with --resume {out}, or draw samples with --sample-from {out}", file=sys.stderr)
+    return out, result
+
+
+def write_samples(out, samples, summary, title, data_dir, grid=None):
+    """samples.npy, samples.png (of `grid`: by default all the samples) and summary.json into out,
+    then a line of what was drawn and one of the scores summary["metrics"] holds (or how to score
+    them). samples: (n, C, H, W) in [-1, 1]. Returns the summary."""
+    atomic_write(out / "samples.npy", lambda tmp: np.save(tmp, samples.numpy().astype(np.float32)))
+    plots.sample_grid(samples if grid is None else grid, out / "samples.png", title)
+    save_json(out / "summary.json", summary)
+    print(f"sampled {len(samples)} images in {summary['sampling_seconds']} s; figures and "
+          f"samples.npy in {out}")
+    m = summary["metrics"]
+    if m and m["n"] >= 1000:
+        print(f"FID {m['fid']:.2f} (N = {m['n']}), precision {m['precision']:.3f}, "
+              f"recall {m['recall']:.3f}, classes present {m['classes_present']}/10, "
+              f"mean confidence {m['confidence']:.3f}")
+    elif m:  # FID's estimate is biased upwards, and noisy, on few samples
+        print(f"no FID at N = {m['n']} (too few: draw 1000 with --sample-from {out.parent} "
+              f"--n 1000); classes present {m['classes_present']}/10, mean confidence "
+              f"{m['confidence']:.3f}")
+    elif summary["dataset"] == "mnist":
+        print(f"to score them: python metrics.py {out / 'samples.npy'} --data-dir {data_dir}")
+    return summary
+
+
+def sample_folder(run_dir, name):
+    """run_dir/samples/name, for a --sample-from draw, with what a killed draw left removed."""
+    out = Path(run_dir) / "samples" / name
+    check_writable(out, "--sample-from")
+    remove_orphans(out)
+    return out
+
+
+@contextlib.contextmanager
+def unfinished_exercise(out):
+    """In the student edition, a sampler whose exercise is not written yet raises
+    NotImplementedError("Exercise N: ..."): after a finished training that is one line, not a
+    traceback; the checkpoint is saved, and --sample-from draws once the exercise is done."""
+    try:
+        yield
+    except NotImplementedError as e:
+        if not str(e).startswith("Exercise"):
+            raise
+        raise UserError(f"the training is saved in {out}, but sampling needs {e}; once it is "
+                        f"written, draw with --sample-from {out}") from None
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Ctrl-C (SIGINT) and SIGTERM (kill, docker stop, SLURM, a closing terminal) ask training to
+    stop: the current step ends, a checkpoint is saved, and the run is not lost. Yields a list
+    that is non-empty once a stop was asked for."""
+    asked = []
+    old = {sig: signal.signal(sig, lambda *_: asked.append(True))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+class Run:
+    """Everything around the steps of a training loop, so that the loop itself is the algorithm:
+
+        with Run(folder, args, meta, nets, ckpt) as run:
+            while run.goes_on():    # --steps and --minutes left, no Ctrl-C or SIGTERM (any rank)
+                ...one step...
+                run.step_done(loss) # NaN guard, history, a checkpoint every --ckpt-every, progress
+        # leaving the block normally saves the last checkpoint
+
+    folder: where checkpoint.pt goes (None: this process writes nothing, as torchrun's other
+    ranks). nets: the modules and optimisers a checkpoint stores, by entry name; a resumed run
+    (ckpt) loads them back with the step, the history and the random-number state. works(): do
+    the weights still give finite output? Asked before each save, so that a checkpoint only ever
+    holds weights that work. extra: more entries for every checkpoint (Part 3: its autoencoder).
+    advice: what the message of a NaN loss suggests."""
+
+    def __init__(self, folder, args, meta, nets, ckpt=None, works=None, extra=None,
+                 advice="try a lower --lr", history=None):
+        self.folder, self.meta, self.nets, self.works = folder, meta, nets, works
+        self.extra, self.advice = extra or {}, advice
+        self.every = getattr(args, "ckpt_every", None) or float("inf")  # else at the end only
+        self.step, self.saved = 0, None
+        self.history = [] if history is None else history
+        if ckpt is not None:
+            for name, net in nets.items():
+                net.load_state_dict(ckpt[name])
+            torch.set_rng_state(ckpt["rng"])
+            self.step, self.history, self.saved = ckpt["step"], ckpt["history"], ckpt["step"]
+            self.history = {k: list(v) for k, v in self.history.items()} \
+                if isinstance(self.history, dict) else list(self.history)
+        self.steps, self.stopped = args.steps, False
+        self.meter = Progress(args.steps, "training", done=self.step, seconds=60 * args.minutes,
+                              show=ddp.is_main())
+
+    def __enter__(self):
+        self._signals = stop_requests()
+        self._asked = self._signals.__enter__()
+        return self
+
+    def __exit__(self, kind, value, tb):
+        self.stopped = bool(self._asked)
+        self._signals.__exit__(kind, value, tb)
+        if kind is None:
+            self.meter.close()
+            self.save()
+
+    def goes_on(self):
+        self.stopped = bool(self._asked)
+        return self.step < self.steps and not ddp.any_rank(self.stopped or
+                                                              self.meter.out_of_time())
+
+    def used(self):
+        """The fraction of the budget spent, by steps or by minutes, whichever is further along."""
+        return self.meter.used()
+
+    def seconds(self):
+        return self.meter.seconds()
+
+    def trained(self):
+        """What a summary says of the training: its steps, and the seconds of this session."""
+        return dict(steps=self.step, train_seconds=self.seconds())
+
+    def step_done(self, loss):
+        """One step is done, with its loss: a tensor, or a dict of floats (the DCGAN's D and G)."""
+        losses = loss if isinstance(loss, dict) else {None: loss}
+        values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in losses.items()}
+        self.step += 1
+        if not all(np.isfinite(v) for v in values.values()):
+            said = " and ".join(f"{v}" + (f" ({k.upper()})" if k else "")
+                                for k, v in values.items())
+            raise UserError(f"the loss became {said} at step {self.step}; {self.advice} "
+                            f"({self.kept()})")
+        if isinstance(self.history, dict):
+            for k, v in values.items():
+                self.history[k].append(v)
+            note = "  ".join(f"{k.upper()} {np.mean(h[-100:]):.3f}"
+                             for k, h in self.history.items())
+        else:
+            self.history.append(ddp.mean(values[None]))  # of the whole batch, over all processes
+            note = f"loss {np.mean(self.history[-50:]):.4f}"
+        if self.step % self.every == 0:
+            self.save()
+        self.meter.tick(note)
+
+    def kept(self):
+        if self.saved is None:
+            return "no checkpoint was saved"
+        return f"the last good checkpoint, from step {self.saved}, is kept in {self.folder}"
+
+    def save(self):
+        if self.folder is None:  # torchrun: rank 0 alone writes
+            return
+        nets = {k: getattr(net, "module", net) for k, net in self.nets.items()}  # DDP's wrapper
+        if self.works is not None and not all(self.works(nets[k]) for k in ("model", "ema")):
+            raise UserError(f"the weights diverged by step {self.step}; {self.advice} "
+                            f"({self.kept()})")
+        state = {k: net.state_dict() for k, net in nets.items()}
+        save_checkpoint(self.folder / "checkpoint.pt", dict(
+            meta=self.meta, **state, step=self.step, history=self.history,
+            rng=torch.get_rng_state(), **self.extra))
+        self.saved = self.step
+
+
+def divergence_probe(x0, y, sched, device):
+    """works() for Run: does a network give finite output on a fixed batch? The first 16 of x0
+    (B, ...), each noised at its own t, with noise from a generator of its own, so that testing
+    never moves the run's random numbers (--resume stays exact); y: their conditions, or None.
+    Finite weights are not enough: after a divergence they can be finite and still give NaN."""
+    x0 = x0[:16].cpu()
+    t = torch.linspace(0, sched.T - 1, len(x0)).long()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    x_t, t = sched.q_sample(x0, t, eps).to(device), t.to(device)
+    y = None if y is None else y[:16].to(device)
+
+    @torch.no_grad()
+    def works(net):
+        was_training = net.training
+        out = net.eval()(x_t, t, y)
+        net.train(was_training)
+        return bool(torch.isfinite(out).all())
+    return works
+
+
+def finite(eps_hat):
+    """The network's output, if it is finite: broken weights stop sampling at once, not after
+    minutes of drawing NaN images."""
+    if not torch.isfinite(eps_hat).all():
+        raise UserError("the model's output is not finite (NaN or infinity): its weights are "
+                        "broken, as after a diverged training; train it again with a lower --lr")
+    return eps_hat

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import ddp
+import flags
+import runs
 import part2_diffusion as p2
 
 pytestmark = pytest.mark.e2e
@@ -34,9 +36,9 @@ def one_process_replay(argv, steps, monkeypatch):
     batch, drawn with their random numbers (ddp.seed_step), and one gradient step on the mean
     of the two losses, which is the loss of the whole batch. Returns (model, losses per step)."""
     args = p2.get_args(argv)
-    p2.settle_flags(args, None, "")
+    flags.settle(args, p2.run_defaults(), None, "")
     images, labels, model, meta = p2.setup(args, None)
-    sched = p2.build_schedule(meta, "")
+    sched = runs.build_schedule(meta, "")
     opt = torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=0.0)
     share = dict(meta, batch_size=meta["batch_size"] // 2)
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -6,6 +6,7 @@ import pytest
 
 import experiments
 import part2_diffusion
+import runs
 import plots
 from outputs import UserError
 from schedule import Schedule
@@ -32,7 +33,7 @@ def test_one_row_per_schedule_and_measurement_then_the_json_and_figure(tiny, tmp
         built.append(name)
         return Schedule(name, T)
 
-    monkeypatch.setattr(part2_diffusion, "Schedule", spy)
+    monkeypatch.setattr(runs, "Schedule", spy)
     experiments.schedules_experiment(tiny + ["--schedules", "linear", "cosine", "--steps", "2", "--measure-at", "1",
                                              "--sampling-steps", "10", "2"])
     result = json.loads((tmp_path / "schedules.json").read_text())
