@@ -1,6 +1,6 @@
 """Grade a class with the instructor's tests, and write the autograder zip for Gradescope.
 
-    python grade_class.py submissions/ --out=grades   # a folder of submissions: a sub-folder or .zip each
+    python grade_class.py submissions/ --out=grades   # a sub-folder or .zip per student
     python grade_class.py ../alice --out=grades       # one student's folder (or alice.zip)
     python grade_class.py submissions/ --out=grades --exercises 1 2   # only these exercises
     python grade_class.py --gradescope=autograder.zip # Gradescope's autograder, see INSTRUCTORS.md
@@ -354,8 +354,8 @@ def write_autograder(path, timeout=TIMEOUT, test_timeout=TEST_TIMEOUT):
         edition = Path(tmp) / "lab"
         make_edition(SOURCE, edition)
         modules = " ".join(sorted(p.name for p in edition.glob("*.py")))
-        run = RUN_AUTOGRADER.replace("MODULES", modules).replace("TEST_TIMEOUT", f"{test_timeout:g}")
-        run = run.replace("TIMEOUT", f"{timeout:g}")
+        run = RUN_AUTOGRADER.replace("MODULES", modules)
+        run = run.replace("TEST_TIMEOUT", f"{test_timeout:g}").replace("TIMEOUT", f"{timeout:g}")
 
         def write(tmp_zip):
             with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:

@@ -60,7 +60,7 @@ def functions(tests, n):
 
 def gradescope(rows, failures, titles, seconds):
     """Gradescope's results.json, as a dict: one test per exercise. `failures`: the grader's
-    (exercise, test, message) of each failing test function; `seconds`: {exercise: its tests' time}."""
+    (exercise, test, message) of each failing test function; `seconds`: {exercise: its time}."""
     entries = []
     for r in rows:
         n = r["exercise"]
@@ -83,8 +83,9 @@ def classroom(rows, tests, errors):
         for f, cases in sorted(mine.items()):
             passed = all(c["outcome"] == "passed" for c in cases)
             message = next((c["message"] for c in cases if c["outcome"] == "failed"), "")
-            entries.append(dict(name=f"ex{n} {f.rpartition('::')[2]}", filename=f.partition("::")[0],
-                                status="pass" if passed else "fail", score=int(passed),
+            entries.append(dict(name=f"ex{n} {f.rpartition('::')[2]}",
+                                filename=f.partition("::")[0], score=int(passed),
+                                status="pass" if passed else "fail",
                                 message=message or ("" if passed else "failed")))
         missing = r["possible"] - len(mine)
         entries += [dict(name=f"ex{n} test not run ({k + 1} of {missing})", status="fail", score=0,
