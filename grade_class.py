@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from make_assignment import make_edition
@@ -189,7 +190,7 @@ def grade_one(name, path, edition, modules, out, exercises, timeout, test_timeou
         notes += [note] if note else []
         work = tmp / "work"
         shutil.copytree(edition, work)
-        missing = [m for m in modules if not (root / m).is_file()]
+        missing = [m for m in modules if not (root / m).is_file() or (root / m).is_symlink()]
         for m in modules:
             if m not in missing:
                 shutil.copyfile(root / m, work / m)
@@ -262,8 +263,9 @@ def summary(grades_path, notes, seconds, exercises=None):
                 notes=notes, seconds=seconds)
 
 
-def grade_class(path, out, exercises=None, timeout=TIMEOUT, test_timeout=TEST_TIMEOUT):
-    """Grade every submission of `path` into the folder `out`; return the class's rows."""
+def grade_class(path, out, exercises=None, timeout=TIMEOUT, test_timeout=TEST_TIMEOUT, jobs=1):
+    """Grade every submission of `path` into the folder `out`, `jobs` at a time; return the
+    class's rows."""
     out = Path(out).resolve()
     subs = submissions(path)
     if any(out == p.resolve() or p.resolve() in out.parents for _, p in subs if p.is_dir()):
@@ -273,6 +275,8 @@ def grade_class(path, out, exercises=None, timeout=TIMEOUT, test_timeout=TEST_TI
     if set(numbers) - set(POINTS):
         raise UserError(f"there is no exercise {min(set(numbers) - set(POINTS))}; "
                         f"the exercises are {', '.join(map(str, POINTS))}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be 1 or more (got {jobs})")
     rows = {}
     with tempfile.TemporaryDirectory(prefix="grade-edition-") as tmp:
         edition = Path(tmp) / "edition"
@@ -281,16 +285,21 @@ def grade_class(path, out, exercises=None, timeout=TIMEOUT, test_timeout=TEST_TI
         # matplotlib's font cache, built here once: in the copies it may not be written
         subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], check=True,
                        env=dict(os.environ, MPLCONFIGDIR=str(Path(tmp) / "matplotlib")))
-        for name, sub in subs:
+
+        def one(name, sub):
             try:
-                rows[name] = grade_one(name, sub, edition, modules, out / name, exercises,
-                                       timeout, test_timeout)
+                row = grade_one(name, sub, edition, modules, out / name, exercises, timeout,
+                                test_timeout)
             except Refused as e:
-                rows[name] = dict(points={}, notes=[str(e)], seconds=0.0)
-            line = "; ".join(rows[name]["notes"]) or "done"
-            total = sum(rows[name]["points"].get(n, 0) for n in numbers)
-            print(f"{name}: {total}/{sum(POINTS[n] for n in numbers)} "
-                  f"({rows[name]['seconds']:.1f} s) {line}", flush=True)
+                row = dict(points={}, notes=[str(e)], seconds=0.0)
+            except Exception as e:  # the grader's own trouble with this one: the class goes on
+                row = dict(points={}, notes=[f"not graded: {type(e).__name__}: {e}"], seconds=0.0)
+            total = sum(row["points"].get(n, 0) for n in numbers)
+            print(f"{name}: {total}/{sum(POINTS[n] for n in numbers)} ({row['seconds']:.1f} s) "
+                  f"{'; '.join(row['notes']) or 'done'}", flush=True)
+            return name, row
+        with ThreadPoolExecutor(jobs) as pool:
+            rows = dict(pool.map(lambda s: one(*s), subs))
     write_csv(out / "class.csv", rows, numbers)
     return rows
 
@@ -382,6 +391,9 @@ def main(argv=None):
                         help=f"wall-clock limit per submission (default {TIMEOUT})")
     parser.add_argument("--test-timeout", type=float, default=TEST_TIMEOUT, metavar="SECONDS",
                         help=f"limit per test phase (default {TEST_TIMEOUT})")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="grade N submissions at a time (default 1; at most half the cores, "
+                             "or the per-test limit may trip)")
     parser.add_argument("--gradescope", metavar="ZIP",
                         help="write Gradescope's autograder zip there instead of grading")
     args = parser.parse_args(argv)
@@ -394,7 +406,7 @@ def main(argv=None):
         parser.error("give the submissions to grade (a folder or zip), or --gradescope=ZIP")
     start = time.time()
     rows = grade_class(args.submissions, args.out, args.exercises, args.timeout,
-                       args.test_timeout)
+                       args.test_timeout, args.jobs)
     print(f"graded {len(rows)} submission{'s' * (len(rows) != 1)} in {time.time() - start:.1f} s;"
           f" the class table: {Path(args.out) / 'class.csv'}")
 

@@ -82,7 +82,8 @@ def graded(tmp_path_factory):
         z.writestr("../escaped.py", "x = 1\n")
     before = {p: p.stat().st_mtime_ns for p in subs.rglob("*")}
     out = tmp / "grades"
-    main([str(subs), f"--out={out}", "--exercises", *map(str, EXERCISES), "--test-timeout=3"])
+    main([str(subs), f"--out={out}", "--exercises", *map(str, EXERCISES), "--test-timeout=3",
+          "--jobs=2"])
     assert {p: p.stat().st_mtime_ns for p in subs.rglob("*")} == before  # nothing modified
     assert not outside.exists() and not (tmp / "escaped.py").exists()
     with open(out / "class.csv", newline="") as f:
