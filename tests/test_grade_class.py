@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,8 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(SOURCE))  # when run as a script
-from grade_class import grade_class, main, submissions, write_autograder  # noqa: E402
+from grade_class import (Refused, grade_class, main, submissions, unzip,  # noqa: E402
+                         write_autograder)
 from make_assignment import make_edition  # noqa: E402
 from outputs import UserError  # noqa: E402
 from conftest import POINTS  # noqa: E402
@@ -175,6 +177,19 @@ def test_a_submission_over_the_wall_clock_limit_is_stopped(tmp_path):
     rows = grade_class(sub.parent, tmp_path / "grades", exercises=[8], timeout=3)
     assert rows["looping"]["points"] == {} or not any(rows["looping"]["points"].values())
     assert "stopped after 3 s" in "; ".join(rows["looping"]["notes"])
+
+
+@pytest.mark.parametrize("member", ["../x.py", "/abs/x.py", "a/../../x.py", "C:/x.py", "..\\x.py",
+                                    "link.py"])
+def test_a_zip_member_that_would_land_outside_is_refused(tmp_path, member):
+    info = zipfile.ZipInfo(member)
+    if member == "link.py":
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16  # a symbolic link to /etc/passwd
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as z:
+        z.writestr(info, "/etc/passwd" if member == "link.py" else "x = 1\n")
+    with pytest.raises(Refused, match="outside its folder|symbolic link"):
+        unzip(tmp_path / "s.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "x.py").exists()
 
 
 def test_bad_paths_are_one_line_errors(tmp_path):
