@@ -60,7 +60,7 @@ TOP_FILES = ("README.md", "HANDOUT.md", "requirements.txt", "pytest.ini", ".giti
 # tools, and the tests that spell the exercises' formulas out (tests/test_reference_values.py, which
 # makes the stored numbers the graded tests compare with).
 INSTRUCTORS_ONLY = ("make_assignment.py", "bench.py", "tests/test_assignment.py",
-                    "tests/test_reference_values.py")
+                    "tests/test_reference_values.py", "grade_class.py", "tests/test_grade_class.py")
 # Lines of a markdown file from BEGIN to END (both included) are for instructors: the edition drops
 # them.
 INSTRUCTORS_BLOCK = re.compile(r"^<!-- BEGIN INSTRUCTORS -->\n.*?^<!-- END INSTRUCTORS -->\n",

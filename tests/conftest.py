@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import grading_formats
 from outputs import UserError, check_writable, save_json
 
 # How many points (graded test functions) each exercise is out of. tests/test_assignment.py checks
@@ -67,6 +68,7 @@ def pytest_addoption(parser):
     group.addoption("--grade-timeout", type=float, default=GRADE_TIMEOUT, metavar="SECONDS",
                     help="when grading, fail a test phase that runs longer "
                          f"(default {GRADE_TIMEOUT})")
+    grading_formats.add_options(group)  # --grade-gradescope=FILE, --grade-classroom
 
 
 def exercises_in_ini(config):
@@ -87,11 +89,14 @@ def pytest_configure(config):
         except UserError:
             raise pytest.UsageError(f"--grade-json {path}: cannot write in {path.parent}; "
                                     "choose another place")
-    grading = config.getoption("grade") or bool(path)
+    grading = config.getoption("grade") or bool(path) or grading_formats.wanted(config)
     if grading:
         grading_profile()
         config.option.continue_on_collection_errors = True  # a file that fails stops no other
-    config.pluginmanager.register(Grader(config, grading, path), "grader")
+    grader = Grader(config, grading, path)
+    config.pluginmanager.register(grader, "grader")
+    if grading_formats.wanted(config):
+        config.pluginmanager.register(grading_formats.Formats(config, grader), "grading-formats")
 
 
 def grading_profile():
