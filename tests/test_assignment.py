@@ -335,7 +335,7 @@ def telling_lines(name, text):
                 if token.type == tokenize.COMMENT}
     lines, out = text.splitlines(), {}
     for region in find_regions(name, text):
-        for row in range(region.begin + 3, region.end + 1):  # 1-based rows of the solution
+        for row in range(region.start + 1, region.end + 1):  # 1-based rows of the solution
             line = squeeze(lines[row - 1][:comments.get(row)])
             words = [w for w in re.findall(r"[A-Za-z_]\w*|\d[\w.]*", line) if not keyword.iskeyword(w)]
             if len(words) >= 3 and line not in squeeze(region.hint):
@@ -389,7 +389,7 @@ def test_the_edition_gives_no_solution_away(tmp_path):
         for n, lines in telling_lines(path.name, path.read_text()).items():
             found += [f"exercise {n}: {line} in {name}" for line in lines for name in text if line in squeezed[name]]
         for region in find_regions(path.name, path.read_text()):
-            solved[region.number] = code_of("".join(path.read_text().splitlines(True)[region.begin + 2:region.end]))
+            solved[region.number] = code_of("".join(path.read_text().splitlines(True)[region.start:region.end]))
     for n, patterns in FORMULAS.items():
         assert any(re.search(p, solved[n]) for p in patterns), f"no pattern of exercise {n} matches its solution"
         if n in OLD_SPELLINGS:
@@ -420,7 +420,7 @@ def test_solutions_put_back_give_the_reference(tmp_path):
         if rel.suffix == ".py":
             name, text = rel.as_posix(), edition.decode()
             for r in find_regions(name, text):  # each solution is one raise, at the indentation of BEGIN
-                [line] = text.splitlines()[r.begin + 2:r.end]
+                [line] = text.splitlines()[r.start:r.end]
                 [statement] = ast.parse(line.strip()).body
                 assert line.startswith(r.indent + "raise ") and ast.literal_eval(statement.exc.args[0]) == (
                     f"Exercise {r.number}: {r.hint}") and statement.exc.func.id == "NotImplementedError", line
