@@ -1,12 +1,15 @@
-"""The grading plugin: each exercise's score, for the student edition make_assignment.py writes.
+"""The grading plugin: each exercise's score, for the student edition of the lab.
 
 A test grades exercise N when it carries @pytest.mark.exN. A test that also runs the code of another
 exercise names it: @pytest.mark.ex6(depends=[5]). Then
 
     python -m pytest -m ex6                    # exercise 6's tests alone, with pytest's full report
     python -m pytest --grade                   # the graded tests only, then points per exercise
-    python -m pytest --grade-json grades.json  # the same, also written as JSON for a gradebook
+    python -m pytest --grade-json=grades.json  # the same, also written as JSON for a gradebook
     python -m pytest                           # every test, the scripts' end-to-end ones (e2e) too
+
+The options are declared in the top folder's conftest.py (pytest reads it whatever it runs), which
+refuses the spaced `--grade-json FILE`: once FILE exists pytest would take it for a test path.
 
 Points: one per test function, earned when every case of it that ran passed (parametrized cases and
 hypothesis examples test one property; they do not multiply its weight). POINTS below says how many
@@ -19,8 +22,8 @@ What grading does beyond pytest's usual run:
   - a test file that cannot be imported (a syntax error in schedule.py, say) gives its exercises
     "not collected: SyntaxError at schedule.py:138: ...", and every other exercise is graded;
   - each phase of a test (setup, call, teardown) may run for --grade-timeout seconds (default
-    GRADE_TIMEOUT); one that runs over fails with "timed out after N s", and the later tests of
-    the same exercise then fail at once instead of waiting as long again;
+    60); one that runs over fails with "timed out after N s", and the later tests of the same
+    exercise then fail at once instead of waiting as long again;
   - the table and grades.json are written however the run ends: normally, on Ctrl-C, or on
     SIGTERM (a test cut short counts as failed); grades.json is also written when collection is
     done, so that even a run killed outright leaves one (with "finished": false);
@@ -47,26 +50,14 @@ import pytest
 
 from outputs import UserError, check_writable, save_json
 
-# How many points (graded test functions) each exercise is out of. tests/test_assignment.py checks
+# How many points (graded test functions) each exercise is out of; the instructors' own tests check
 # them against the tests: change them when you add or remove a graded test.
 POINTS = {1: 2, 2: 3, 3: 4, 4: 3, 5: 2, 6: 8, 7: 6, 8: 4, 9: 6, 10: 2, 11: 5, 12: 4}
-GRADE_TIMEOUT = 60  # seconds per test phase; the slowest graded test: ~2 s on a busy 2-core laptop
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISE_MARK = re.compile(r"ex(\d+)")
 MARK_IN_SOURCE = re.compile(r"\bmark\.ex(\d+)\b")  # how a test file names the exercises it grades
 UNFINISHED = re.compile(r"Exercise (\d+): ")  # the message of an exercise taken out of the edition
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("grading")
-    group.addoption("--grade", action="store_true",
-                    help="run the graded tests only, then print each exercise's points")
-    group.addoption("--grade-json", metavar="FILE",
-                    help="as --grade, and write each exercise's points to FILE as JSON")
-    group.addoption("--grade-timeout", type=float, default=GRADE_TIMEOUT, metavar="SECONDS",
-                    help="when grading, fail a test phase that runs longer "
-                         f"(default {GRADE_TIMEOUT})")
 
 
 def exercises_in_ini(config):
@@ -85,7 +76,7 @@ def pytest_configure(config):
         try:
             check_writable(path.parent)  # now, not after the whole run
         except UserError:
-            raise pytest.UsageError(f"--grade-json {path}: cannot write in {path.parent}; "
+            raise pytest.UsageError(f"--grade-json={path}: cannot write in {path.parent}; "
                                     "choose another place")
     grading = config.getoption("grade") or bool(path)
     if grading:
