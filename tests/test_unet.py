@@ -51,10 +51,18 @@ def make(**overrides):
 # --- exercise 8: the timestep embedding -----------------------------------------------------------
 
 def largest_gap(actual, expected):
-    """(largest |actual - expected|, the index where it is) of two tensors of one shape."""
+    """(largest |actual - expected|, the index where it is) of two tensors of one shape; where
+    actual holds a NaN: (nan, the first NaN's index)."""
     gap = (actual.double() - torch.as_tensor(expected, dtype=torch.float64)).abs()
+    if gap.isnan().any():
+        return math.nan, tuple(int(k) for k in gap.isnan().nonzero()[0])
     i = tuple(int(k) for k in torch.unravel_index(gap.argmax(), gap.shape))
     return gap.max().item(), i
+
+
+def off_by(gap):
+    """How far off, in words: 'NaN appeared' for a NaN gap."""
+    return "NaN appeared" if math.isnan(gap) else f"off by {gap:.3g}"
 
 
 @pytest.mark.ex8
@@ -147,7 +155,7 @@ def test_resblock_is_its_skip_path_when_the_last_conv_is_zero(in_ch, out_ch):
     gap, i = largest_gap(out, skip)
     path = 'x itself' if in_ch == out_ch else 'the 1x1 conv of x'
     assert gap <= 1e-6, (f"ResBlock({in_ch} -> {out_ch}) with its last conv zeroed should be its "
-                         f"skip path ({path}): off by {gap:.3g} at {i}; the residual is "
+                         f"skip path ({path}): {off_by(gap)} at {i}; the residual is "
                          "skip(x) + h")
 
 
@@ -181,7 +189,8 @@ def test_resblock_follows_its_docstring_layer_by_layer():
         gap, i = largest_gap(out, REFERENCE["resblock"])
         expected = torch.tensor(REFERENCE['resblock'])[i]
         assert gap <= 1e-4, (f"ResBlock output {out[i].item():.5f} at {i}, expected {expected:.5f} "
-                             f"(stored; off by up to {gap:.3g}): check the order of the "
+                             f"(stored; the largest difference: {off_by(gap)}): check the order "
+                             "of the "
                              "docstring, GroupNorm, SiLU, 3x3 conv, + time, GroupNorm, SiLU, "
                              "dropout, 3x3 conv, plus the skip path")
         block.train()
@@ -300,27 +309,27 @@ def test_same_seed_same_weights_different_seed_different_weights():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_a_few_dozen_steps_drive_the_denoising_loss_down():
-    # Predict the noise added to a fixed tiny batch (eight "ones", more noise at larger t): the net
-    # must fit it quickly.
+def test_a_few_dozen_steps_drive_the_fitting_error_down():
+    # Fit a fixed target for a fixed tiny noisy batch (eight "ones", more noise at larger t): the
+    # net must learn it quickly. (Not the diffusion loss, which is exercise 10's to write.)
     torch.manual_seed(0)
     model = UNet(**TINY)
     x0 = torch.zeros(8, 1, 16, 16)
     x0[:, :, 4:12, 6:10] = 1.0                            # eight "ones"
-    eps = torch.randn_like(x0)
-    x_t = x0 + eps * torch.linspace(0.3, 0.95, 8)[:, None, None, None]   # more noise at larger t
+    x_t = x0 + torch.randn_like(x0) * torch.linspace(0.3, 0.95, 8)[:, None, None, None]
+    target = torch.randn_like(x0)
     t = torch.linspace(100, 900, 8).long()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     trace = []
     for _ in range(30):
-        loss = (model(x_t, t) - eps).pow(2).mean()
+        loss = F.l1_loss(model(x_t, t), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         trace.append(loss.item())
-    # zero init: the first loss is E[eps^2]
-    assert trace[0] == pytest.approx(eps.pow(2).mean().item())
-    assert trace[-1] < 0.25 * trace[0], trace
+    # zero init: the first error is E|target|
+    assert trace[0] == pytest.approx(target.abs().mean().item())
+    assert trace[-1] < 0.5 * trace[0], trace
 
 
 @pytest.mark.parametrize("overrides, words", [
