@@ -523,3 +523,46 @@ def test_command_line_error_is_one_line(tmp_path):
 
 if __name__ == "__main__":
     drive(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+# --- issue 24: everything the edition says resolves in the edition ---------------------------------
+
+# Being rewritten elsewhere (issue 24's training-script half): their pointers are fixed there.
+REWRITTEN = {"part2_diffusion.py", "part3_text_to_image.py", "gan_baseline.py", "runs.py", "ddp.py"}
+
+
+def missing_names(edition):
+    """The names by which the edition's text could point to a file of the repository that the
+    edition lacks: a top-level or tests/ file by its name (bench.py, test_reference_values.py), a
+    file deeper down by its path (figures/schedules.png), and such a folder (figures/)."""
+    listed = subprocess.run(["git", "ls-files"], cwd=SOURCE, capture_output=True, text=True)
+    assert listed.returncode == 0, f"git ls-files failed in {SOURCE}: {listed.stderr.strip()}"
+    names = set()
+    for rel in listed.stdout.split():
+        if (edition / rel).exists():
+            continue
+        parts = rel.split("/")
+        if len(parts) == 1 or parts[0] == "tests":
+            names.add(parts[-1])
+        else:
+            names.update([rel, parts[0] + "/"])
+    return names
+
+
+def test_the_edition_points_to_no_file_it_lacks(tmp_path):
+    make_edition(SOURCE, tmp_path)
+    names = missing_names(tmp_path)
+    assert {"bench.py", "BENCHMARKS.md", "make_assignment.py", "test_reference_values.py"} <= names
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(names, key=len,
+                                                                             reverse=True)))
+                         + r")(?![\w-])")
+    found = []
+    for path in sorted(tmp_path.rglob("*")):
+        if path.suffix in (".py", ".md"):
+            rel = path.relative_to(tmp_path).as_posix()
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                found += [(rel, f"{rel}:{number}: {m[1]}") for m in pattern.finditer(line)]
+    ours = [where for rel, where in found if rel not in REWRITTEN]
+    assert not ours, "the edition names files it does not carry:\n" + "\n".join(ours)
+    if found:
+        pytest.xfail("pointers in files being rewritten: " + "; ".join(w for _, w in found))

@@ -3,7 +3,7 @@
 @pytest.mark.ex11 grades exercise 11, CrossAttention.forward. Its tests check what attention must
 do (one real token gets all the weight, padded tokens get none, the weights over the tokens sum to
 one, each position reads on its own) and, for what has no closed form, compare with the output
-stored in tests/reference_values.json (see tests/test_reference_values.py in the reference).
+stored in tests/reference_values.json, which the reference solution computed once.
 """
 import json
 import sys
@@ -31,9 +31,9 @@ def softmax_by_hand(monkeypatch):
             if frame.f_code.co_name == "forward" and \
                     isinstance(frame.f_locals.get("self"), CrossAttention):
                 raise AssertionError(
-                    "CrossAttention.forward called F.scaled_dot_product_attention; exercise 11 asks "
-                    "for the attention by hand: the scores, -inf on padding, the softmax over the "
-                    "tokens, the weighted sum of the values")
+                    "CrossAttention.forward called F.scaled_dot_product_attention; exercise 11 "
+                    "asks for the attention by hand: the scores, -inf on padding, the softmax "
+                    "over the tokens, the weighted sum of the values")
             frame = frame.f_back
         return given(*args, **kwargs)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", refuse)

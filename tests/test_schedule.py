@@ -6,7 +6,7 @@ standard deviation sd is off by sd / sqrt(N) on average, a sample std by sd / sq
 allow Z of those, with Z chosen so that a correct implementation fails one comparison with
 probability 1e-6.
 
-@pytest.mark.exN grades a test as part of exercise N of the student edition (make_assignment.py);
+@pytest.mark.exN grades a test as part of exercise N of the student edition;
 its `depends` lists the other exercises whose code the test also runs. Unmarked tests check code
 students are given. Each exercise is graded on its own wherever that can be done without giving
 another away: the tests of exercises 4-7 build their schedules from explicit betas (`stand_in`),
@@ -388,7 +388,8 @@ def test_ddim_step_matches_stored_values(case):
     close(x0_hat, case["x0_hat"],
           f"{what}: its x0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
           rtol=1e-9, atol=1e-9, index="row")
-    check_noisy_step(x_prev, case["mean"], torch.tensor(case["sigma"], dtype=torch.float64)[:, None], 7,
+    sigma = torch.tensor(case["sigma"], dtype=torch.float64)[:, None]
+    check_noisy_step(x_prev, case["mean"], sigma, 7,
                      f"{what}: x_prev of Eq. 12 with Eq. 16's sigma (rows 0 and 1 go from "
                      f"t = {int(t[0])} to {int(t_prev[0])} and from t = 1 to x_0)")
 

@@ -6,10 +6,10 @@ t and y. Tests that need the output to depend on its inputs first give that laye
 weights, which is what a few optimiser steps would do, only without depending on the optimiser.
 
 @pytest.mark.ex8 / ex9 grade exercises 8 (the timestep embedding) and 9 (the ResBlock) of the
-student edition (make_assignment.py). A graded test of the whole net runs one of the two and puts a
+student edition. A graded test of the whole net runs one of the two and puts a
 stand-in for the other (`stand_in_embedding`, `stand_in_resblock`), so that a mistake in one costs
 no points in the other. Where a result has no closed form, it is compared with
-tests/reference_values.json (see tests/test_reference_values.py in the reference).
+tests/reference_values.json, which the reference solution computed once.
 """
 import json
 import math
