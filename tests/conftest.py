@@ -30,8 +30,11 @@ What grading does beyond pytest's usual run:
   - hypothesis reports one minimal failing example, and draws the same examples on every run.
 A failing test that also runs another exercise's code blames it only if it fails its own tests.
 
-Without --grade or --grade-json the plugin prints nothing: the reference suite's output stays as it
-was. It still checks the markers: a test that grades two exercises, a malformed `depends`, or an
+Without --grade or --grade-json the plugin prints one line first, naming --grade, and keeps the
+run short where exercises are not done yet: a test that fails in an exercise's NotImplementedError
+(its own, or one a script it runs printed) is reported as "unfinished" (u), without its traceback,
+and one closing line counts them per exercise. Every other test is reported as pytest does. The
+plugin also checks the markers: a test that grades two exercises, a malformed `depends`, or an
 exercise of pytest.ini without its POINTS stops the run.
 
 At the end: `mnist_dir`, the tiny fake MNIST that the scripts' end-to-end tests share, and a check
@@ -58,6 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXERCISE_MARK = re.compile(r"ex(\d+)")
 MARK_IN_SOURCE = re.compile(r"\bmark\.ex(\d+)\b")  # how a test file names the exercises it grades
 UNFINISHED = re.compile(r"Exercise (\d+): ")  # the message of an exercise taken out of the edition
+# ... as it reads in a report: a traceback, or a script's output that a test quotes
+UNFINISHED_IN_REPORT = re.compile(r"NotImplementedError: Exercise (\d+): ")
+GRADE_FIRST = ("your points: python -m pytest --grade (the graded tests only, in seconds); this "
+               "plain run runs every test, the scripts end to end too (minutes)")
 
 
 def exercises_in_ini(config):
@@ -240,15 +247,18 @@ class Grader:
         self.not_run = 0  # tests that grade nothing, which --grade leaves out
         self.finished, self.interrupted = False, None  # interrupted: "Ctrl-C" or "SIGTERM"
         self.old_sigterm = None
+        self.plain_unfinished = Counter()  # exercise -> its unfinished tests, in a plain run
 
     # --- what runs -----------------------------------------------------------------------------
 
     def pytest_sessionstart(self, session):
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if not self.grading:
+            if reporter:
+                reporter.write_line(GRADE_FIRST)
             return
         if threading.current_thread() is threading.main_thread():
             self.old_sigterm = signal.signal(signal.SIGTERM, self.terminate)
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter and self.config.option.tbstyle == "auto":
             # The table and one line per failure say it all; --tb=short brings pytest's report back.
             self.config.option.tbstyle = "no"
@@ -343,7 +353,19 @@ class Grader:
             test["outcome"] = "skipped"
         elif report.when == "call" and report.passed and test["outcome"] == "running":
             test["outcome"] = "passed"  # only now: a test cut short never counts as passed
+        if report.failed and not self.grading:
+            numbers = {int(n) for n in UNFINISHED_IN_REPORT.findall(report.longreprtext)}
+            if numbers:
+                report.unfinished_exercises = sorted(numbers)
+                self.plain_unfinished.update(numbers)
         return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report):
+        """A plain run's test that stopped at an unfinished exercise: "unfinished", no traceback."""
+        if getattr(report, "unfinished_exercises", None):
+            return "unfinished", "u", "UNFINISHED"
+        return None
 
     def pytest_keyboard_interrupt(self, excinfo):
         if isinstance(excinfo.value, pytest.Session.Interrupted):
@@ -435,6 +457,11 @@ class Grader:
     def pytest_terminal_summary(self, terminalreporter):
         result = yield  # after pytest's own summary: the scores are the last thing a student reads
         if not self.grading:
+            if self.plain_unfinished:
+                counts = ", ".join(f"{n} ({k})" for n, k in sorted(self.plain_unfinished.items()))
+                terminalreporter.write_line(
+                    f"unfinished: tests that stop at an exercise not done yet, by exercise: "
+                    f"{counts}; {GRADE_FIRST.partition(';')[0]}")
             return result
         self.close_running()
         write, rows = terminalreporter.write_line, self.scores()
