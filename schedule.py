@@ -41,7 +41,7 @@ jumps straight to x_0 (alpha_bar = 1), so no noise is left in the output.
 Two more samplers take fewer steps, over the same timesteps as DDIM: respaced DDPM (Nichol &
 Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", Section 4: Algorithm 2 on the
 subsequence, with its betas recomputed) and DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2: a
-second-order solver of the ODE whose first-order steps are DDIM's at eta = 0). DPM-Solver's
+second-order multistep solver of the deterministic sampling ODE, written in log-SNR). DPM-Solver's
 alpha_t (Lu et al.'s notation) is sqrt(alpha_bar_t), not Ho et al.'s 1 - beta_t.
 
 The figure comparing the schedules (alpha_bar_t and log SNR_t against t, and one digit noised by
