@@ -397,17 +397,19 @@ def test_ddim_step_matches_stored_values(case):
 @pytest.mark.ex7
 @pytest.mark.parametrize("clip_x0", [False, True])
 def test_ddim_eta1_over_consecutive_steps_is_ddpm_beta_tilde(clip_x0):
-    """With eta = 1 and steps = T, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the
-    posterior mean, so DDIM must reproduce DDPM's samples (stored, from the reference's
-    p_sample_loop) from the same seed (with clipping too, because DDIM rederives eps from the
-    clipped x0_hat)."""
-    sched = stand_in(40)
-    ddim, _ = sched.ddim_sample_loop(toy_model, (8, 3), steps=40, eta=1.0,
-                                     generator=torch.Generator().manual_seed(5),
-                                     dtype=torch.float64, clip_x0=clip_x0)
-    close(ddim, REFERENCE["ddpm_beta_tilde_samples"][str(clip_x0)],
-          f"DDIM, eta = 1, all 40 steps, clip_x0={clip_x0}: its samples against DDPM's (variance "
-          "beta_tilde) from the same seed", rtol=1e-10, atol=1e-10, index="sample")
+    """With eta = 1 and t_prev = t - 1, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the
+    posterior mean, so a DDIM step must be DDPM's step with variance beta_tilde (its mean and
+    beta_tilde stored from the reference's p_sample), from the same seed; with clipping too,
+    because DDIM rederives eps from the clipped x0_hat."""
+    sched = stand_in(30)
+    x_t, t = step_inputs()
+    x_prev, _ = sched.ddim_step(toy_model, x_t, t, t - 1, eta=1.0,
+                                generator=torch.Generator().manual_seed(7), clip_x0=clip_x0)
+    [ddpm] = [case for case in REFERENCE["ddpm_step"]
+              if case["variance"] == "beta_tilde" and case["clip_x0"] == clip_x0]
+    check_noisy_step(x_prev, ddpm["mean"], STORED_POSTERIOR["variance"][t].sqrt()[:, None], 7,
+                     f"ddim_step at eta = 1 from t to t - 1 (clip_x0={clip_x0}), against DDPM's step "
+                     f"with variance beta_tilde (rows 0 and 1 are t = {int(t[0])} and t = 0)")
 
 
 @pytest.mark.ex7
@@ -611,7 +613,8 @@ def test_trajectory_holds_x_t_and_its_x0_hat():
         close(x0_hat, sched.predict_x0_from_eps(x_t, tt, toy_model(x_t, tt)),
               f"p_sample's x0_hat at t = {t}, against Eq. 15 (predict_x0_from_eps) of the model's "
               "eps", index="sample")
-    assert sched.p_sample_loop(toy_model, (4, 3))[1] == []
+    assert sched.p_sample_loop(toy_model, (4, 3))[1] == [], (
+        "p_sample_loop without `record` returned a trajectory; expected [] (this loop is given)")
 
 
 @pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.ex6),
