@@ -365,8 +365,9 @@ def test_last_ddpm_step_adds_no_noise(variance):
     x_t, t = torch.randn(8, 1, 4, 4, dtype=torch.float64), torch.zeros(8, dtype=torch.long)
     out = [sched.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(k),
                           clip_x0=False, variance=variance) for k in (1, 2)]
-    close(out[0][0], out[1][0], "p_sample at t = 0 (paper step 1) with two different noise seeds: "
-          "Algorithm 2 adds no noise at the last step (z = 0)", rtol=0, atol=0, index="sample")
+    close(out[0][0], out[1][0], f"p_sample at t = 0 (paper step 1; {STUB}) with two different "
+          "noise seeds: Algorithm 2 adds no noise at the last step (z = 0)", rtol=0, atol=0,
+          index="sample")
     close(out[0][0], out[0][1], f"p_sample at t = 0 ({STUB}), against its x0_hat: with "
           "alpha_bar_0 = 1 the posterior mean (Eq. 7), and Eq. 11, are x0_hat itself",
           rtol=1e-10, atol=1e-10, index="sample")
@@ -408,8 +409,8 @@ def test_ddim_eta1_over_consecutive_steps_is_ddpm_beta_tilde(clip_x0):
     [ddpm] = [case for case in REFERENCE["ddpm_step"]
               if case["variance"] == "beta_tilde" and case["clip_x0"] == clip_x0]
     check_noisy_step(x_prev, ddpm["mean"], STORED_POSTERIOR["variance"][t].sqrt()[:, None], 7,
-                     f"ddim_step at eta = 1 from t to t - 1 (clip_x0={clip_x0}), against DDPM's step "
-                     f"with variance beta_tilde (rows 0 and 1 are t = {int(t[0])} and t = 0)")
+                     f"ddim_step at eta = 1 from t to t - 1 (clip_x0={clip_x0}), against DDPM's "
+                     f"step with variance beta_tilde (rows 0 and 1 are t = {int(t[0])} and t = 0)")
 
 
 @pytest.mark.ex7
@@ -533,11 +534,12 @@ def test_keeps_dtype_and_device(method, device, dtype):
     x0, outputs = call(method, stand_in(30), dtype, device)
     for name, out in outputs.items():
         shape = (3, 1, 1, 1) if name in ("variance", "log_variance") else x0.shape
+        stub = f" ({STUB})" if method == "p_sample" else ""
         assert out.dtype == dtype and out.device == x0.device, (
-            f"{method} returned its {name} as {out.dtype} on {out.device} for {dtype} input on "
-            f"{x0.device}; expected {dtype} on {x0.device}")
+            f"{method}{stub} returned its {name} as {out.dtype} on {out.device} for {dtype} input "
+            f"on {x0.device}; expected {dtype} on {x0.device}")
         assert out.shape == shape, (
-            f"{method} returned its {name} with shape {tuple(out.shape)}; expected {shape}")
+            f"{method}{stub} returned its {name} with shape {tuple(out.shape)}; expected {shape}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -578,7 +580,7 @@ def test_model_sees_long_timesteps_in_sampling_order():
         "[28, 28, 28], ..., [0, 0, 0]: p_sample should call model(x_t, t) once, with the t it was "
         f"given ({STUB})")
     assert all(tt.dtype == torch.long for tt in seen), (
-        "p_sample should pass the model t as given (long)")
+        f"p_sample should pass the model t as given (long) ({STUB})")
 
 
 @pytest.mark.ex6
@@ -589,11 +591,11 @@ def test_clipping_keeps_x0_hat_in_data_range():
                                       clip_x0=clip_x0, record=range(30))
         largest = max(r[2].abs().max().item() for r in traj)
         if clip_x0:
-            assert largest <= 1, (f"p_sample with clip_x0=True returned an x0_hat of "
+            assert largest <= 1, (f"p_sample with clip_x0=True ({STUB}) returned an x0_hat of "
                                   f"{largest:.3g}; expected every value clamped to [-1, 1]")
         else:
-            assert largest > 1, (f"p_sample with clip_x0=False returned x0_hat within [-1, 1] "
-                                 f"only; this toy model's Eq. 15 prediction reaches "
+            assert largest > 1, (f"p_sample with clip_x0=False ({STUB}) returned x0_hat within "
+                                 f"[-1, 1] only; this toy model's Eq. 15 prediction reaches "
                                  f"{largest:.3g}: clamp only when clip_x0")
 
 
@@ -611,8 +613,8 @@ def test_trajectory_holds_x_t_and_its_x0_hat():
     for t, x_t, x0_hat in traj:
         tt = torch.full((4,), t)
         close(x0_hat, sched.predict_x0_from_eps(x_t, tt, toy_model(x_t, tt)),
-              f"p_sample's x0_hat at t = {t}, against Eq. 15 (predict_x0_from_eps) of the model's "
-              "eps", index="sample")
+              f"p_sample's x0_hat at t = {t} ({STUB}), against Eq. 15 (predict_x0_from_eps) of the "
+              "model's eps", index="sample")
     assert sched.p_sample_loop(toy_model, (4, 3))[1] == [], (
         "p_sample_loop without `record` returned a trajectory; expected [] (this loop is given)")
 
@@ -627,10 +629,11 @@ def test_same_seed_same_samples(sampler):
         if sampler == "ddpm":
             return sched.p_sample_loop(toy_model, (6, 2), generator=g)[0]
         return sched.ddim_sample_loop(toy_model, (6, 2), steps=8, eta=0.5, generator=g)[0]
-    close(run(11), run(11), f"{sampler}: two runs from seed 11 (all noise must come from "
+    what = f"{sampler} ({STUB})" if sampler == "ddpm" else sampler
+    close(run(11), run(11), f"{what}: two runs from seed 11 (all noise must come from "
           "`generator`)", rtol=0, atol=0, index="sample")
     assert not torch.equal(run(11), run(12)), (
-        f"{sampler}: seeds 11 and 12 gave the same samples; draw z from `generator`")
+        f"{what}: seeds 11 and 12 gave the same samples; draw z from `generator`")
 
 
 # --- classifier-free guidance (exercise 12) ------------------------------------------------------

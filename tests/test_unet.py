@@ -226,8 +226,9 @@ def test_output_shape_equals_input_shape(size, channels, batch, monkeypatch):
     with torch.no_grad():
         eps_hat = model(x, torch.randint(0, 1000, (batch,)))
     assert eps_hat.shape == x.shape and eps_hat.dtype == x.dtype, (
-        f"the U-Net (with your ResBlock) maps x {tuple(x.shape)} {x.dtype} to "
-        f"{tuple(eps_hat.shape)} {eps_hat.dtype}; expected the same shape and dtype")
+        f"the U-Net (with your ResBlock, and a stand-in for exercise 8's timestep_embedding) maps "
+        f"x {tuple(x.shape)} {x.dtype} to {tuple(eps_hat.shape)} {eps_hat.dtype}; expected the "
+        "same shape and dtype")
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -268,8 +269,9 @@ def test_different_t_gives_different_output(monkeypatch):
     for i in range(4):
         for j in range(i + 1, 4):
             assert not torch.allclose(eps_hat[i], eps_hat[j], atol=1e-6), (
-                f"the U-Net (with your timestep embedding) gives the same output at t = {t[i]} and "
-                f"t = {t[j]}; the embedding should differ")
+                f"the U-Net (with your timestep embedding, and a stand-in for exercise 9's "
+                f"ResBlock) gives the same output at t = {t[i]} and t = {t[j]}; the embedding "
+                "should differ")
 
 
 def test_labels_change_output_and_null_label_is_the_default():
@@ -296,8 +298,8 @@ def test_gradients_reach_every_parameter(monkeypatch):
     model(x, torch.randint(0, 1000, (4,)), torch.tensor([0, 1, 2, 10])).pow(2).mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, (
-            f"no gradient reaches {name}: every layer of ResBlock.__init__ should take part in "
-            "forward")
+            f"no gradient reaches {name} (with a stand-in for exercise 8's timestep_embedding): "
+            "every layer of ResBlock.__init__ should take part in forward")
 
 
 def test_same_seed_same_weights_different_seed_different_weights():
