@@ -23,9 +23,13 @@ def pytest_addoption(parser):
                          f"(default {GRADE_TIMEOUT})")
 
 
+FILE_OPTIONS = ("--grade-json",)  # the options that name a file: spelled with '=' only
+
+
 def pytest_configure(config):
     args = [str(a) for a in config.invocation_params.args]
-    if "--grade-json" in args:
-        value = args[args.index("--grade-json") + 1:][:1] or ["grades.json"]
-        raise pytest.UsageError(f"write --grade-json={value[0]} (with '=', no space): spaced, "
-                                "pytest takes the file for a test path once it exists")
+    for option in FILE_OPTIONS:
+        if option in args:
+            value = args[args.index(option) + 1:][:1] or ["FILE"]
+            raise pytest.UsageError(f"write {option}={value[0]} (with '=', no space): spaced, "
+                                    "pytest takes the file for a test path once it exists")

@@ -33,8 +33,9 @@ A failing test that also runs another exercise's code blames it only if it fails
 Without --grade or --grade-json the plugin prints one line first, naming --grade, and keeps the
 run short where exercises are not done yet: a test that fails in an exercise's NotImplementedError
 (its own, or one a script it runs printed) is reported as "unfinished" (u), without its traceback,
-and one closing line counts them per exercise. Every other test is reported as pytest does. The
-plugin also checks the markers: a test that grades two exercises, a malformed `depends`, or an
+and closing lines count them per exercise, with the exercise's message. Only exercises whose code
+is still the edition's `raise NotImplementedError(...)` count: in the reference, every failure is
+reported as pytest does. The plugin also checks the markers: a test that grades two exercises, a malformed `depends`, or an
 exercise of pytest.ini without its POINTS stops the run.
 
 At the end: `mnist_dir`, the tiny fake MNIST that the scripts' end-to-end tests share, and a check
@@ -61,8 +62,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXERCISE_MARK = re.compile(r"ex(\d+)")
 MARK_IN_SOURCE = re.compile(r"\bmark\.ex(\d+)\b")  # how a test file names the exercises it grades
 UNFINISHED = re.compile(r"Exercise (\d+): ")  # the message of an exercise taken out of the edition
-# ... as it reads in a report: a traceback, or a script's output that a test quotes
-UNFINISHED_IN_REPORT = re.compile(r"NotImplementedError: Exercise (\d+): ")
+# the edition's stand-in for an exercise's code; and its message as it reads in a report (a
+# traceback, or a script's output that a test quotes)
+TAKEN_OUT = re.compile(r'^\s*raise NotImplementedError\("Exercise (\d+): ', re.MULTILINE)
+UNFINISHED_IN_REPORT = re.compile(r"NotImplementedError: (Exercise (\d+): [^\n\\]*)")
 GRADE_FIRST = ("your points: python -m pytest --grade (the graded tests only, in seconds); this "
                "plain run runs every test, the scripts end to end too (minutes)")
 
@@ -248,6 +251,8 @@ class Grader:
         self.finished, self.interrupted = False, None  # interrupted: "Ctrl-C" or "SIGTERM"
         self.old_sigterm = None
         self.plain_unfinished = Counter()  # exercise -> its unfinished tests, in a plain run
+        self.plain_hints = {}  # exercise -> its NotImplementedError's message
+        self.taken_out = set()  # the exercises whose code is the edition's `raise`, in a plain run
 
     # --- what runs -----------------------------------------------------------------------------
 
@@ -256,6 +261,8 @@ class Grader:
         if not self.grading:
             if reporter:
                 reporter.write_line(GRADE_FIRST)
+            self.taken_out = {int(n) for path in ROOT.glob("*.py")
+                              for n in TAKEN_OUT.findall(path.read_text(errors="replace"))}
             return
         if threading.current_thread() is threading.main_thread():
             self.old_sigterm = signal.signal(signal.SIGTERM, self.terminate)
@@ -354,10 +361,13 @@ class Grader:
         elif report.when == "call" and report.passed and test["outcome"] == "running":
             test["outcome"] = "passed"  # only now: a test cut short never counts as passed
         if report.failed and not self.grading:
-            numbers = {int(n) for n in UNFINISHED_IN_REPORT.findall(report.longreprtext)}
-            if numbers:
-                report.unfinished_exercises = sorted(numbers)
-                self.plain_unfinished.update(numbers)
+            found = {int(n): message for message, n in
+                     UNFINISHED_IN_REPORT.findall(report.longreprtext) if int(n) in self.taken_out}
+            if found:
+                report.unfinished_exercises = sorted(found)
+                self.plain_unfinished.update(list(found))
+                for n, message in found.items():
+                    self.plain_hints.setdefault(n, one_line(message.rstrip("'\" "), 160))
         return report
 
     @pytest.hookimpl(tryfirst=True)
@@ -458,10 +468,12 @@ class Grader:
         result = yield  # after pytest's own summary: the scores are the last thing a student reads
         if not self.grading:
             if self.plain_unfinished:
-                counts = ", ".join(f"{n} ({k})" for n, k in sorted(self.plain_unfinished.items()))
-                terminalreporter.write_line(
-                    f"unfinished: tests that stop at an exercise not done yet, by exercise: "
-                    f"{counts}; {GRADE_FIRST.partition(';')[0]}")
+                write = terminalreporter.write_line
+                write("unfinished (u): tests that stop at an exercise not done yet")
+                for n, count in sorted(self.plain_unfinished.items()):
+                    write(f"  {count:>3} test{'s' if count > 1 else ' '} at NotImplementedError: "
+                          f"{self.plain_hints[n]}")
+                write(GRADE_FIRST.partition(";")[0])
             return result
         self.close_running()
         write, rows = terminalreporter.write_line, self.scores()
