@@ -685,7 +685,7 @@ def test_the_spaced_grade_json_is_refused_in_one_line_on_every_run(tmp_path):
 def test_an_untouched_edition_fails_quietly(tmp_path):
     """In an untouched edition, plain pytest names --grade first and reports the tests that stop at
     an unfinished exercise in one closing line, without tracebacks: well under 300 lines. (The whole
-    plain suite printed 9 lines, measured by hand; here two files of graded tests, to stay fast.)"""
+    plain suite printed 22 lines, measured by hand; here two files of graded tests, to stay fast.)"""
     make_edition(SOURCE, tmp_path)
     files = ["tests/test_training_loss.py", "tests/test_cross_attention.py"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *files],
