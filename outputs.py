@@ -147,8 +147,9 @@ def finite_float(text):
 def settings(get_args, **flags):
     """A script's args from keyword arguments instead of a command line, for the scripts that drive
     others (experiments.py, and the instructors' benchmarks):
-    settings(part2_diffusion.get_args, minutes=1, sampler="ddim") is `--minutes 1 --sampler ddim`. A name that is not one of the script's flags is an error, so
-    renaming a flag cannot break a caller silently."""
+    settings(part2_diffusion.get_args, minutes=1, sampler="ddim") is `--minutes 1 --sampler ddim`.
+    A name that is not one of the script's flags is an error, so renaming a flag cannot break a
+    caller silently."""
     args = get_args([])
     unknown = sorted(set(flags) - set(vars(args)))
     if unknown:

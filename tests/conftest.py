@@ -35,8 +35,8 @@ run short where exercises are not done yet: a test that fails in an exercise's N
 (its own, or one a script it runs printed) is reported as "unfinished" (u), without its traceback,
 and closing lines count them per exercise, with the exercise's message. Only exercises whose code
 is still the edition's `raise NotImplementedError(...)` count: in the reference, every failure is
-reported as pytest does. The plugin also checks the markers: a test that grades two exercises, a malformed `depends`, or an
-exercise of pytest.ini without its POINTS stops the run.
+reported as pytest does. The plugin also checks the markers: a test that grades two exercises,
+a malformed `depends`, or an exercise of pytest.ini without its POINTS stops the run.
 
 At the end: `mnist_dir`, the tiny fake MNIST that the scripts' end-to-end tests share, and a check
 that no test writes into the checkout.

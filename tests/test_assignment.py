@@ -45,7 +45,8 @@ from test_docs import relative_links  # noqa: E402
 def grading_plugin():
     """tests/conftest.py, read by its path: the top folder's conftest.py (the grading options) has
     the same module name."""
-    spec = importlib.util.spec_from_file_location("grading_plugin", SOURCE / "tests" / "conftest.py")
+    path = SOURCE / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("grading_plugin", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -160,8 +161,9 @@ PLANTS = {
         ("schedule.py", "t, x0) * noise)\n", "t, x0) * noise))\n"),
         ("part1_inversion.py", "        opt.zero_grad()\n", "        while True:\n            pass\n"),
         ("unet.py", "[torch.sin(angles), torch.cos(angles)]", "[torch.cos(angles), torch.sin(angles)]")]),
-    # The three mistakes that once scored full marks, a wrong posterior (a hypothesis failure, and a
-    # dependency of one of exercise 6's tests), and cross-attention by F.scaled_dot_product_attention.
+    # The three mistakes that once scored full marks, a wrong posterior (a hypothesis failure, and
+    # a dependency of one of exercise 6's tests), and cross-attention by
+    # F.scaled_dot_product_attention.
     "mistakes": ([3, 4, 5, 6, 7, 10, 11], [], [
         ("schedule.py", "math.sqrt(lo), math.sqrt(hi)", "math.sqrt(1e-4), math.sqrt(0.02)"),  # quadratic unscaled
         ("schedule.py", "return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0",
@@ -170,29 +172,35 @@ PLANTS = {
         ("schedule.py", "self._at(coef_x0, t, x_t) * x0 + self._at(coef_x_t, t, x_t) * x_t",
          "self._at(coef_x_t, t, x_t) * x0 + self._at(coef_x0, t, x_t) * x_t"),
         ("unet.py", "        scores = q @ k.transpose(1, 2) / math.sqrt(C)",
-         "        h = self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, :]))\n"
+         "        h = self.proj(F.scaled_dot_product_attention(\n"
+         "            q, k, v, attn_mask=mask[:, None, :]))\n"
          "        return x + h.transpose(1, 2).reshape(B, C, H, W)\n"
          "        scores = q @ k.transpose(1, 2) / math.sqrt(C)")]),
-    # Correct code written another way than the reference's: it must score full marks. p_sample's mean
-    # by Eq. 11 directly when nothing is clipped, and its z drawn in float32 and cast; DDIM's z drawn
-    # likewise, and its sigma from Eq. 16 in another algebraic form.
+    # Correct code written another way than the reference's: it must score full marks. p_sample's
+    # mean by Eq. 11 directly when nothing is clipped, and its z drawn in float32 and cast; DDIM's z
+    # drawn likewise, and its sigma from Eq. 16 in another algebraic form.
     "alternatives": ([6, 7], [], [
         ("schedule.py", "        x0_hat = self.predict_x0_from_eps(x_t, t, model(x_t, t))\n",
-         "        eps_hat = model(x_t, t)\n        x0_hat = self.predict_x0_from_eps(x_t, t, eps_hat)\n"),
+         "        eps_hat = model(x_t, t)\n"
+         "        x0_hat = self.predict_x0_from_eps(x_t, t, eps_hat)\n"),
         ("schedule.py", "        mean, posterior_variance, _ = self.q_posterior(x0_hat, x_t, t)\n",
          "        mean, posterior_variance, _ = self.q_posterior(x0_hat, x_t, t)\n"
          "        if not clip_x0:  # Eq. 11\n"
-         "            beta, a = self._at(self.betas, t, x_t), self._at(self.alphas_cumprod, t, x_t)\n"
+         "            beta = self._at(self.betas, t, x_t)\n"
+         "            a = self._at(self.alphas_cumprod, t, x_t)\n"
          "            mean = (x_t - beta / (1 - a).sqrt() * eps_hat) / (1 - beta).sqrt()\n"),
         ("schedule.py", "dtype=x_t.dtype, device=x_t.device)\n        # Algorithm 2",
          "device=x_t.device).to(x_t.dtype)\n        # Algorithm 2"),
         ("schedule.py", "dtype=x_t.dtype, device=x_t.device)\n            x_prev = x_prev",
          "device=x_t.device).to(x_t.dtype)\n            x_prev = x_prev"),
-        ("schedule.py", "var = eta ** 2 * (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)",
+        ("schedule.py",
+         "var = eta ** 2 * (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / "
+         "alpha_bar_prev)",
          "var = (eta * ((1 - alpha_bar_prev) / (1 - alpha_bar)).sqrt()\n"
          "               * ((alpha_bar_prev - alpha_bar) / alpha_bar_prev).sqrt()) ** 2")]),
     # A syntax error in unet.py: exercise 10, whose code is in part2_diffusion.py, keeps its points.
-    "unet-syntax": ([8, 9, 10, 11], [], [("unet.py", "    half = dim // 2\n", "    half = dim // 2)\n")]),
+    "unet-syntax": ([8, 9, 10, 11], [],
+                    [("unet.py", "    half = dim // 2\n", "    half = dim // 2)\n")]),
     # The student's code stops the run while a test of exercise 8 runs: SIGTERM (as `timeout` sends), Ctrl-C.
     **{name: ([1, 8, 9], [], [("unet.py", "    half = dim // 2\n",
                                f"    import os, signal\n    os.kill(os.getpid(), signal.{sig})\n"
@@ -284,9 +292,10 @@ def test_points_table_matches_the_tests(results):
 
 
 def test_a_copy_that_does_not_import_is_still_graded(results):
-    """A syntax error in schedule.py costs exercises 3-7 and 12 their points, with the file and line; 1, 2,
-    9 and 10 (in part2_diffusion.py, which imports schedule.py) are graded as usual; an endless loop in
-    exercise 2 times out; a wrong exercise 8 costs points in exercise 8 only, and blames no other."""
+    """A syntax error in schedule.py costs exercises 3-7 and 12 their points, with the file and
+    line; 1, 2, 9 and 10 (in part2_diffusion.py, which imports schedule.py) are graded as usual; an
+    endless loop in exercise 2 times out; a wrong exercise 8 costs points in exercise 8 only, and
+    blames no other."""
     grades, table = results["plants"]["broken"], rows(results["plants"]["broken"])
     line = next(i + 1 for i, text in enumerate((SOURCE / "schedule.py").read_text().splitlines())
                 if text.endswith("t, x0) * noise)"))
@@ -297,7 +306,8 @@ def test_a_copy_that_does_not_import_is_still_graded(results):
                          results["stdout"])
     assert table[1]["points"] == POINTS[1] and table[9] == dict(exercise=9, points=POINTS[9], possible=POINTS[9],
                                                                  status="done")
-    assert table[10] == dict(exercise=10, points=POINTS[10], possible=POINTS[10], status="done"), table[10]
+    assert table[10] == dict(exercise=10, points=POINTS[10], possible=POINTS[10],
+                             status="done"), table[10]
     assert table[2]["points"] == 0 and set(function_messages(grades, 2).values()) == {
         "timed out after 3 s (an endless loop?)"}, function_messages(grades, 2)
     assert 0 < POINTS[8] - table[8]["points"] < POINTS[8] and "exercise 9" not in table[8]["status"], table[8]
@@ -350,18 +360,19 @@ def test_correct_code_written_another_way_scores_full_marks(results):
     DDIM's sigma from Eq. 16 in another algebraic form: all correct, so full marks."""
     grades = results["plants"]["alternatives"]
     for n in (6, 7):
-        assert rows(grades)[n] == dict(exercise=n, points=POINTS[n], possible=POINTS[n], status="done"), (
-            rows(grades)[n], function_messages(grades, n))
+        done = dict(exercise=n, points=POINTS[n], possible=POINTS[n], status="done")
+        assert rows(grades)[n] == done, (rows(grades)[n], function_messages(grades, n))
 
 
 def test_a_syntax_error_in_unet_costs_only_its_exercises(results):
-    """unet.py holds exercises 8, 9 and 11: they are not collected; exercise 10 (part2_diffusion.py, which
-    imports unet.py) keeps its points."""
+    """unet.py holds exercises 8, 9 and 11: they are not collected; exercise 10
+    (part2_diffusion.py, which imports unet.py) keeps its points."""
     table = rows(results["plants"]["unet-syntax"])
     for n in (8, 9, 11):
         assert table[n]["points"] == 0 and table[n]["status"].startswith(
             "not collected: SyntaxError at unet.py:"), table[n]
-    assert table[10] == dict(exercise=10, points=POINTS[10], possible=POINTS[10], status="done"), table[10]
+    assert table[10] == dict(exercise=10, points=POINTS[10], possible=POINTS[10],
+                             status="done"), table[10]
 
 
 # --- issue 13: nothing in the edition gives an exercise away -------------------------------------------------
@@ -450,7 +461,8 @@ def test_the_edition_gives_no_solution_away(tmp_path):
         for n, lines in telling_lines(path.name, path.read_text()).items():
             found += [f"exercise {n}: {line} in {name}" for line in lines for name in text if line in squeezed[name]]
         for region in find_regions(path.name, path.read_text()):
-            solved[region.number] = code_of("".join(path.read_text().splitlines(True)[region.start:region.end]))
+            lines = path.read_text().splitlines(True)
+            solved[region.number] = code_of("".join(lines[region.start:region.end]))
     for n, patterns in FORMULAS.items():
         assert any(re.search(p, solved[n]) for p in patterns), f"no pattern of exercise {n} matches its solution"
         if n in OLD_SPELLINGS:
@@ -586,7 +598,7 @@ if __name__ == "__main__":
     drive(Path(sys.argv[1]), Path(sys.argv[2]))
 
 
-# --- issue 24: everything the edition says resolves in the edition ---------------------------------
+# --- issue 24: everything the edition says resolves in the edition -------------------------------
 
 # Being rewritten elsewhere (issue 24's training-script half): their pointers are fixed there.
 REWRITTEN = {"part2_diffusion.py", "part3_text_to_image.py", "gan_baseline.py", "runs.py", "ddp.py"}
@@ -629,10 +641,11 @@ def test_the_edition_points_to_no_file_it_lacks(tmp_path):
         pytest.xfail("pointers in files being rewritten: " + "; ".join(w for _, w in found))
 
 
-# --- issue 24: hints whole, nothing done for the student, quiet defaults ------------------------------
+# --- issue 24: hints whole, nothing done for the student, quiet defaults --------------------------
 
 def test_every_multi_line_hint_arrives_whole(tmp_path):
-    """A hint of several `# HINT:` lines reaches the edition line for line, and whole in the message."""
+    """A hint of several `# HINT:` lines reaches the edition line for line, and whole in the
+    message."""
     make_edition(SOURCE, tmp_path)
     several = 0
     for path in sorted(p for p in SOURCE.glob("*.py") if (tmp_path / p.name).exists()):
@@ -644,23 +657,26 @@ def test_every_multi_line_hint_arrives_whole(tmp_path):
             assert edition.splitlines()[mine[r.number].begin + 1:mine[r.number].start] == hints, (
                 f"exercise {r.number}'s hint in the edition of {path.name} is not {hints}")
             assert json.dumps(f"Exercise {r.number}: {r.hint}") in edition, (
-                f"exercise {r.number}'s NotImplementedError does not quote its whole hint, {r.hint!r}")
+                f"exercise {r.number}'s NotImplementedError does not quote its whole hint, "
+                f"{r.hint!r}")
     assert several, "no multi-line hint left to check (exercise 10's had two lines)"
 
 
 def test_the_edition_does_no_exercise_for_the_student(tmp_path):
-    """Exercise 5's Eq. 7 is not computed elsewhere (the pattern check above looks for its formulas);
-    the DPM-Solver++ step works in lambda alone and does not call itself DDIM; the grading plugin
-    and the tests refuse or avoid the rest (see the plants)."""
+    """Exercise 5's Eq. 7 is not computed elsewhere (the pattern check above looks for its
+    formulas); the DPM-Solver++ step works in lambda alone and does not call itself DDIM; the
+    tests refuse or avoid the rest (see the plants)."""
     make_edition(SOURCE, tmp_path)
     tree = ast.parse((tmp_path / "schedule.py").read_text())
     methods = {node.name: ast.get_source_segment((tmp_path / "schedule.py").read_text(), node)
                for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
-    assert "posterior" not in methods["_precompute"], "Schedule._precompute builds exercise 5's tables"
+    assert "posterior" not in methods["_precompute"], (
+        "Schedule._precompute builds exercise 5's tables")
     step = methods["dpm_solver_step"]
     assert "DDIM" not in step and "alphas_cumprod" not in step and "sqrt" not in step, (
         "dpm_solver_step reads like exercise 7's DDIM step at eta = 0")
-    assert "scaled_dot_product_attention" in (tmp_path / "tests" / "test_cross_attention.py").read_text()
+    refusal = (tmp_path / "tests" / "test_cross_attention.py").read_text()
+    assert "scaled_dot_product_attention" in refusal
 
 
 def test_the_spaced_grade_json_is_refused_in_one_line_on_every_run(tmp_path):
@@ -685,7 +701,8 @@ def test_the_spaced_grade_json_is_refused_in_one_line_on_every_run(tmp_path):
 def test_an_untouched_edition_fails_quietly(tmp_path):
     """In an untouched edition, plain pytest names --grade first and reports the tests that stop at
     an unfinished exercise in one closing line, without tracebacks: well under 300 lines. (The whole
-    plain suite printed 22 lines, measured by hand; here two files of graded tests, to stay fast.)"""
+    plain suite printed 22 lines, measured by hand; here two files of graded tests, to stay
+    fast.)"""
     make_edition(SOURCE, tmp_path)
     files = ["tests/test_training_loss.py", "tests/test_cross_attention.py"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *files],
@@ -695,7 +712,8 @@ def test_an_untouched_edition_fails_quietly(tmp_path):
     assert done.returncode == 1 and len(lines) < 300, done.stdout[-5000:]
     assert lines[0].startswith("your points: python -m pytest --grade"), lines[:3]
     assert "Traceback" not in done.stdout and "___" not in done.stdout, done.stdout
-    assert re.search(r"\nunfinished \(u\): .*\n(.*\n)? +2 tests at NotImplementedError: Exercise 10: "
-                     r"t = torch\.randint.*\n +\d+ tests at NotImplementedError: Exercise 11: .*\n"
+    assert re.search(r"\nunfinished \(u\): .*\n(.*\n)? +2 tests at NotImplementedError: "
+                     r"Exercise 10: t = torch\.randint.*\n +\d+ tests at NotImplementedError: "
+                     r"Exercise 11: .*\n"
                      r"your points: python -m pytest --grade.*\n\d+ passed, \d+ unfinished in ",
                      done.stdout), done.stdout

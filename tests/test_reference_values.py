@@ -28,7 +28,8 @@ from hypothesis import given, settings, strategies as st
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # as a script
 from schedule import SCHEDULES, Schedule  # noqa: E402
-from test_schedule import MU, SD, SHAPES, close, eps_star, stand_in, step_inputs, toy_model  # noqa: E402
+from test_schedule import (MU, SD, SHAPES, close, eps_star, stand_in, step_inputs,  # noqa: E402
+                           toy_model)
 from test_cross_attention import cross_attention_case  # noqa: E402
 from test_unet import resblock_case  # noqa: E402
 from unet import timestep_embedding  # noqa: E402
@@ -106,11 +107,14 @@ def make_reference_values():
         values["resblock"] = block(x, emb).double().tolist()
         layer, x, context, mask = cross_attention_case()
         values["cross_attention"] = layer(x, context, mask).double().tolist()
-    s, t = stand_in(30), torch.arange(30)  # the posterior that exercise 6's tests stand in for q_posterior
+    # the posterior that exercise 6's tests put in place of q_posterior (its mean is linear)
+    s, t = stand_in(30), torch.arange(30)
     one, zero = torch.ones(30, 1, dtype=torch.float64), torch.zeros(30, 1, dtype=torch.float64)
-    (x0_weight, variance, log_variance), x_t_weight = s.q_posterior(one, zero, t), s.q_posterior(zero, one, t)[0]
-    values["stand_in_posterior"] = dict(x0_weight=x0_weight.flatten().tolist(), x_t_weight=x_t_weight.flatten().tolist(),
-                                        variance=variance.flatten().tolist(), log_variance=log_variance.flatten().tolist())
+    x0_weight, variance, log_variance = s.q_posterior(one, zero, t)
+    x_t_weight = s.q_posterior(zero, one, t)[0]
+    values["stand_in_posterior"] = {name: v.flatten().tolist() for name, v in dict(
+        x0_weight=x0_weight, x_t_weight=x_t_weight, variance=variance,
+        log_variance=log_variance).items()}
     x_t, t = step_inputs()
     for variance in ("beta", "beta_tilde"):
         for clip_x0 in (False, True):  # the mean: the step without its noise, sigma_t z
@@ -119,14 +123,17 @@ def make_reference_values():
             values["ddpm_step"].append(dict(variance=variance, clip_x0=clip_x0, mean=mean.tolist(),
                                             x0_hat=x0_hat.tolist()))
     x_t, t, t_prev = step_inputs(ddim=True)
-    a, p = s.alphas_cumprod[t, None], torch.where(t_prev >= 0, s.alphas_cumprod[t_prev.clamp(min=0)], 1.0)[:, None]
+    a = s.alphas_cumprod[t, None]
+    p = torch.where(t_prev >= 0, s.alphas_cumprod[t_prev.clamp(min=0)], 1.0)[:, None]
     for eta in (0.0, 0.5, 1.0):
         sigma = (eta ** 2 * (1 - p) / (1 - a) * (1 - a / p)).sqrt()  # Eq. 16
         for clip_x0 in (False, True):
             x_prev, x0_hat = s.ddim_step(toy_model, x_t, t, t_prev, eta=eta, clip_x0=clip_x0,
                                          generator=torch.Generator().manual_seed(7))
-            z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-            values["ddim_step"].append(dict(eta=eta, clip_x0=clip_x0, mean=(x_prev - sigma * z).tolist(),
+            z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7),
+                            dtype=torch.float64)
+            values["ddim_step"].append(dict(eta=eta, clip_x0=clip_x0,
+                                            mean=(x_prev - sigma * z).tolist(),
                                             sigma=sigma.flatten().tolist(), x0_hat=x0_hat.tolist()))
     for power in SHAPES:
         s = stand_in(1000, power=power)
