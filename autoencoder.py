@@ -1,6 +1,7 @@
 """Part 3, the latent space: a small autoencoder that Stable Diffusion's trick needs.
 
     python autoencoder.py              # train it (or load the cached one) and show reconstructions
+    python autoencoder.py --minutes 3  # ... training for at most 3 minutes
 
 Stable Diffusion does not diffuse pixels. An autoencoder, trained once, squeezes each image into a
 latent a few times smaller, and the diffusion model of Part 2 learns and samples those latents
@@ -28,7 +29,6 @@ Trained once on MNIST's training digits and cached beside the data
 Next: unet.py's CrossAttention (how the U-Net reads a prompt), then part3_text_to_image.py, which
 joins captions, latents and cross-attention into a text-to-image model.
 """
-import argparse
 import math
 import sys
 import time
@@ -39,7 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from outputs import UserError, atomic_write, run_main, save_figure
+from outputs import (Progress, UserError, arg_parser, atomic_write, finite_float, run_main,
+                     save_figure)
 
 LATENT_CHANNELS = 3   # latent: (3, 8, 8)
 WIDTH = 16            # channels of the first conv; 32 after the first halving
@@ -105,16 +106,20 @@ def fit_scale(model, images, batch=1000):
     model.scale.fill_(1.0 / z.std().item())
 
 
-def train(images, epochs=EPOCHS, seed=SEED, log=print):
-    """A new autoencoder trained on `images` (N, 1, 28, 28) in [-1, 1], with its scale fitted."""
+def train(images, epochs=EPOCHS, seed=SEED, log=print, minutes=None, show=True):
+    """A new autoencoder trained on `images` (N, 1, 28, 28) in [-1, 1], with its scale fitted.
+    minutes: a time budget; training stops when it is spent, even before the last epoch. show:
+    draw a progress line on stderr."""
     torch.manual_seed(seed)
     model = Autoencoder()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     steps = epochs * math.ceil(len(images) / BATCH_SIZE)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=steps)
+    progress = Progress(steps, "autoencoder", seconds=None if minutes is None else 60 * minutes,
+                        show=show)
     start = time.time()
     for epoch in range(epochs):
-        order, total = torch.randperm(len(images)), 0.0
+        order, total, seen = torch.randperm(len(images)), 0.0, 0
         for i in range(0, len(images), BATCH_SIZE):
             value = loss(model, images[order[i:i + BATCH_SIZE]])
             opt.zero_grad(set_to_none=True)
@@ -122,15 +127,24 @@ def train(images, epochs=EPOCHS, seed=SEED, log=print):
             opt.step()
             schedule.step()
             total += value.item() * len(order[i:i + BATCH_SIZE])
-        log(f"  autoencoder epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f} "
+            seen += len(order[i:i + BATCH_SIZE])
+            progress.tick(f"loss {value.item():.4f}")
+            if progress.out_of_time():
+                break
+        progress.close()
+        log(f"  autoencoder epoch {epoch + 1}/{epochs}: loss {total / seen:.4f} "
             f"({time.time() - start:.0f} s)")
+        if progress.out_of_time():
+            log(f"  stopped after {progress.done} of {steps} steps: the {minutes:g} minutes are "
+                "spent (the figure shows what that gives)")
+            break
     fit_scale(model.eval(), images)
     return model
 
 
-def load_or_train(data_dir="data", log=print):
+def load_or_train(data_dir="data", log=print, minutes=None):
     """The cached autoencoder in data_dir, trained on MNIST's training digits first if it is
-    missing."""
+    missing (for at most `minutes`, if given)."""
     path = Path(data_dir) / CACHE_FILE
     if path.exists():
         model = Autoencoder()
@@ -143,7 +157,7 @@ def load_or_train(data_dir="data", log=print):
     images, _, used = data.load("mnist", data_dir, train=True)
     log(f"no autoencoder at {path}: training one on the {len(images)} {used} training digits "
         f"({EPOCHS} epochs, seed {SEED})")
-    model = train(images, log=log)
+    model = train(images, log=log, minutes=minutes)
     atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
     log(f"saved to {path}")
     return model.requires_grad_(False)
@@ -158,13 +172,18 @@ def reconstruction_error(model, images, batch=1000):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Train (or load) the autoencoder of Part 3 and show "
-                                            "what it keeps of a digit.")
+    p = arg_parser(description="Train (or load) the autoencoder of Part 3 and show what it keeps "
+                               "of a digit.")
     p.add_argument("--data-dir", default="data",
                    help="MNIST, and the cached autoencoder (default data)")
     p.add_argument("--out", default="runs/autoencoder.png", help="the figure (default %(default)s)")
+    p.add_argument("--minutes", type=finite_float, metavar="M",
+                   help="train for at most M minutes (default: the full "
+                        f"{EPOCHS} epochs); a cached autoencoder is loaded, not trained")
     args = p.parse_args(argv)
-    model = load_or_train(args.data_dir)
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError(f"--minutes must be a positive number of minutes; got {args.minutes:g}")
+    model = load_or_train(args.data_dir, minutes=args.minutes)
     test, _, _ = data.load("mnist", args.data_dir, train=False)
     z = model.encode(test[:1000])
     print(f"latent {tuple(z.shape[1:])} = {z[0].numel()} numbers for {test[0].numel()} pixels; "

@@ -16,7 +16,7 @@ from outputs import arg_parser, run_main
 
 # --- schedules ---------------------------------------------------------------------------------------
 
-MEASURE_DDIM_STEPS = 50  # the sampler of the measurements during training: DDIM-50, as bench.py train uses
+MEASURE_DDIM_STEPS = 50  # the sampler of the measurements during training: DDIM-50
 
 
 def schedules_experiment(argv):

@@ -5,19 +5,20 @@
     python make_assignment.py ../lab-week2 --exercises 3 4  # take out only exercises 3 and 4
 
 An exercise is a region of the reference code between two comment lines, the first followed by
-a hint:
+a hint of one or more `# HINT:` lines:
 
     # BEGIN EXERCISE 4: the forward process q(x_t | x_0)
     # HINT: Eq. 9; self._at(table, t, x0) is table[t], shaped to broadcast against x0
     return (...)                     <- the solution: every line up to END
     # END EXERCISE
 
-The edition keeps the three comment lines and puts in place of the solution, at the indentation
-of BEGIN,
+The edition keeps the comment lines (every hint line among them) and puts in place of the
+solution, at the indentation of BEGIN,
 
     raise NotImplementedError("Exercise 4: Eq. 9; self._at(table, t, x0) is table[t], shaped ...")
 
-so an unfinished exercise fails its tests with its own message. Everything else is copied unchanged:
+so an unfinished exercise fails its tests with its own message (a hint of several lines is
+joined into one). Everything else is copied unchanged:
 the modules, tests/ (with the grading plugin, tests/conftest.py, and the stored numbers the graded
 tests compare with, tests/reference_values.json), pytest.ini, requirements.txt, .gitignore, the
 reference checkpoint, and README.md and HANDOUT.md without their instructors' blocks (the lines from
@@ -72,8 +73,9 @@ END = re.compile(r"# END EXERCISE")
 MARKER = re.compile(r"#\s*(BEGIN|END)\s+EXERCISE\b",
                     re.IGNORECASE)  # must then be one of the two above
 
-# begin, end: 0-based indices of the BEGIN and END lines; the solution is lines[begin + 2:end]
-Region = namedtuple("Region", "number title hint indent begin end")
+# begin, end: 0-based indices of the BEGIN and END lines; start: of the first line after the hint
+# lines, so that the solution is lines[start:end]; hint: the hint lines' text, joined by spaces
+Region = namedtuple("Region", "number title hint indent begin end start")
 
 
 def edition_files(src):
@@ -116,18 +118,21 @@ def find_regions(name, text):
             if begin:
                 raise UserError(f"{where}: BEGIN EXERCISE {m[1]} inside exercise {begin.number} "
                                 f"(begun at line {begin.begin + 1}); exercises cannot nest")
-            hint = HINT.fullmatch(lines[i + 1].strip()) if i + 1 < len(lines) else None
-            if not hint:
+            hints, k = [], i + 1
+            while k < len(lines) and (hint := HINT.fullmatch(lines[k].strip())):
+                hints.append(hint[1])
+                k += 1
+            if not hints:
                 raise UserError(f"{where}: BEGIN EXERCISE {m[1]} must be followed by "
                                 "a '# HINT: ...' line")
-            begin = Region(int(m[1]), m[2], hint[1], indent, i, None)
+            begin = Region(int(m[1]), m[2], " ".join(hints), indent, i, None, k)
         elif END.fullmatch(comment):
             if not begin:
                 raise UserError(f"{where}: END EXERCISE without a BEGIN EXERCISE before it")
             if indent != begin.indent:
                 raise UserError(f"{where}: END EXERCISE is not indented like its BEGIN "
                                 f"(line {begin.begin + 1})")
-            code = [k for k in range(begin.begin + 2, i)
+            code = [k for k in range(begin.start, i)
                     if lines[k].strip() and not lines[k].strip().startswith("#")]
             if not code:
                 raise UserError(f"{where}: exercise {begin.number} has no code between its HINT "
@@ -155,8 +160,8 @@ def replace_bodies(name, text, bodies):
     """`text` with the solution of each exercise n in `bodies` replaced by the lines bodies[n]."""
     lines, out, done = text.splitlines(keepends=True), [], 0
     for r in find_regions(name, text):
-        solution = lines[r.begin + 2:r.end]
-        out += lines[done:r.begin + 2] + bodies.get(r.number, solution)
+        solution = lines[r.start:r.end]
+        out += lines[done:r.start] + bodies.get(r.number, solution)
         done = r.end
     return "".join(out + lines[done:])
 
@@ -164,7 +169,7 @@ def replace_bodies(name, text, bodies):
 def solutions(name, text):
     """{exercise number: the lines of its solution} of the reference source `text`."""
     lines = text.splitlines(keepends=True)
-    return {r.number: lines[r.begin + 2:r.end] for r in find_regions(name, text)}
+    return {r.number: lines[r.start:r.end] for r in find_regions(name, text)}
 
 
 def unfinished(region):
@@ -247,7 +252,7 @@ def main(argv=None):
     for number, where, title in taken_out:
         print(f"  {number:>2}  {where:<22} {title}")
     print(f"students run:   cd {args.out} && python -m pytest --grade")
-    print("you grade with: python -m pytest --grade-json grades.json   (in the student's copy)")
+    print("you grade with: python -m pytest --grade-json=grades.json   (in the student's copy)")
 
 
 if __name__ == "__main__":

@@ -146,9 +146,10 @@ def finite_float(text):
 
 def settings(get_args, **flags):
     """A script's args from keyword arguments instead of a command line, for the scripts that drive
-    others (bench.py, experiments.py): settings(part2_diffusion.get_args, minutes=1, sampler="ddim")
-    is `--minutes 1 --sampler ddim`. A name that is not one of the script's flags is an error, so
-    renaming a flag cannot break a caller silently."""
+    others (experiments.py, and the instructors' benchmarks):
+    settings(part2_diffusion.get_args, minutes=1, sampler="ddim") is `--minutes 1 --sampler ddim`.
+    A name that is not one of the script's flags is an error, so renaming a flag cannot break a
+    caller silently."""
     args = get_args([])
     unknown = sorted(set(flags) - set(vars(args)))
     if unknown:
@@ -191,7 +192,7 @@ def pick_threads():
     """Set torch's thread count to the idle cores (at least one, at most torch's own default), and
     return it. Torch's threads wait for each other at every layer, so one thread on a core that
     another job is using holds all of them up: beside one busy core, two threads trained at half
-    the speed of one (BENCHMARKS.md). OMP_NUM_THREADS, if set, decides instead."""
+    the speed of one (measured on a 2-core laptop). OMP_NUM_THREADS, if set, decides instead."""
     import torch  # here: this file is imported by the grading plugin, which needs no torch
     if "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1:
         return torch.get_num_threads()  # nothing to decide

@@ -38,7 +38,7 @@ from outputs import UserError, arg_parser, check_writable, run_main, save_figure
 from part1_spline_start import (init_weights, least_squares, place_kinks, revive_dead_units,
                                 spline_start)
 
-# float64: the fits reach a tiny MSE (see BENCHMARKS.md), and L-BFGS decides when to stop from loss
+# float64: the fits reach a tiny MSE (about 3e-6), and L-BFGS decides when to stop from loss
 # changes far below it; in float32 those decisions drown in rounding. A 22-weight net costs the same
 # in either precision.
 DTYPE = torch.float64
@@ -110,7 +110,7 @@ def mse(model, y, x):
         return ((model(y) - x) ** 2).mean().item()
 
 
-# Why this recipe (measured over many seeds: see BENCHMARKS.md). A ReLU net's fit depends on
+# Why this recipe (measured over many seeds). A ReLU net's fit depends on
 # where its few kinks sit, and from PyTorch's default start Adam pushes them off the data for good.
 # So each net starts with its kinks in the data (part1_spline_start.py tells how), full-batch
 # L-BFGS slides them into place, and since the loss still has local minima we fit RESTARTS times
@@ -396,7 +396,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # One thread: each op on this net is so small that splitting it across cores costs more than it
-    # saves (measured several times slower with 2 threads on a busy 2-core machine: see
-    # BENCHMARKS.md).
+    # saves (measured several times slower with 2 threads on a busy 2-core machine).
     torch.set_num_threads(1)
     run_main(main)

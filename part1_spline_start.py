@@ -1,7 +1,7 @@
 """Part 1's start-up machinery: where a net's kinks sit before L-BFGS trains it. A student may
 skip this file: the lab is part1_inversion.py, whose train() calls what is here.
 
-Why it exists (the measurements are in BENCHMARKS.md): a ReLU net computes a piecewise-linear
+Why it exists (measured over many seeds): a ReLU net computes a piecewise-linear
 function, so how well it fits depends on where its few kinks sit. Adam from PyTorch's default
 initialisation leaves most seeds with a straight line: the kinks are pushed off the data, where no
 gradient brings them back. So a two-hidden-layer ReLU net starts as a linear spline fitted by least

@@ -13,7 +13,7 @@ The paper's symbols and their names in the code (the same in every file of the l
     beta_t                 betas                  the variance of the noise added at step t
     alpha_t = 1 - beta_t   alphas
     alpha_bar_t            alphas_cumprod (tables), alpha_bar (one value): prod_{s<=t} alpha_s
-    beta_tilde_t, Eq. 7    posterior_variance     the variance of q(x_{t-1} | x_t, x_0)
+    beta_tilde_t, Eq. 7    variance (q_posterior) the variance of q(x_{t-1} | x_t, x_0)
     mu_tilde_t, Eq. 7      mean                   the mean of q(x_{t-1} | x_t, x_0)
     sigma_t^2              var                    the variance of the noise of one sampling step
     z                      z                      that noise before scaling, N(0, I)
@@ -27,9 +27,8 @@ Index convention, once for the whole lab: the paper counts timesteps t = 1..T, t
 `alphas_cumprod[T - 1]` is alpha_bar_T. alpha_bar_0 = 1 (no noise yet) is not stored; it appears as
 `alphas_cumprod_prev[0]`, and `alpha_bar_at(t_prev, x)` returns it for t_prev = -1.
 
-Every coefficient is computed once, in float64, and kept on the CPU; each function gathers the
-values at t and only then casts them to the dtype and device of x, so float32 sampling still gets
-exact tables.
+Every table is computed in float64 and kept on the CPU; each function gathers the values at t and
+only then casts them to the dtype and device of x, so float32 sampling still gets exact tables.
 
 Two choices the paper does not make for you. Clipping: by default the samplers clamp x0_hat to
 [-1, 1] before taking the posterior mean, as the authors' code does (Algorithm 2 does not). Early in
@@ -42,7 +41,7 @@ jumps straight to x_0 (alpha_bar = 1), so no noise is left in the output.
 Two more samplers take fewer steps, over the same timesteps as DDIM: respaced DDPM (Nichol &
 Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", Section 4: Algorithm 2 on the
 subsequence, with its betas recomputed) and DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2: a
-second-order solver of the ODE whose first-order steps are DDIM's at eta = 0). DPM-Solver's
+second-order multistep solver of the deterministic sampling ODE, written in log-SNR). DPM-Solver's
 alpha_t (Lu et al.'s notation) is sqrt(alpha_bar_t), not Ho et al.'s 1 - beta_t.
 
 The figure comparing the schedules (alpha_bar_t and log SNR_t against t, and one digit noised by
@@ -141,16 +140,6 @@ class Schedule:
         self.sqrt_alphas_cumprod = alpha_bar.sqrt()            # sqrt(alpha_bar_t)
         self.sqrt_one_minus_alphas_cumprod = (1 - alpha_bar).sqrt()  # sqrt(1 - alpha_bar_t)
         self.snr = alpha_bar / (1 - alpha_bar)  # SNR_t = alpha_bar_t / (1 - alpha_bar_t)
-        # Posterior q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde_t I), Eqs. 6-7:
-        # beta_tilde_t, and x_0's and x_t's coefficients in mu_tilde_t.
-        self.posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
-        self.posterior_mean_coef1 = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
-        self.posterior_mean_coef2 = (1 - alpha_bar_prev) * self.alphas.sqrt() / (1 - alpha_bar)
-        # beta_tilde is 0 at t = 0 (given x_0, the step to x_0 is certain) and log 0 = -inf; like
-        # improved-diffusion, use the value at t = 1 there instead (beta at t = 0 when T = 1).
-        first = self.posterior_variance[1:2] if self.T > 1 else betas
-        self.posterior_log_variance_clipped = torch.log(
-            torch.cat([first, self.posterior_variance[1:]]))
 
     def __repr__(self):
         return f"Schedule({self.name!r}, T={self.T})"
@@ -186,14 +175,25 @@ class Schedule:
 
     def q_posterior(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I), Eqs. 6-7. Returns (mean (B, ...),
-        variance (B, 1, ..., 1), log_variance (B, 1, ..., 1), clipped as in
-        posterior_log_variance_clipped)."""
+        variance (B, 1, ..., 1), log_variance (B, 1, ..., 1)).
+
+        mu_tilde_t is linear in x_0 and x_t: work out both coefficients, and beta_tilde_t, from
+        Eq. 7 (in float64, from the tables betas, alphas, alphas_cumprod, alphas_cumprod_prev).
+        beta_tilde is 0 at t = 0 (given x_0, the step to x_0 is certain) and log 0 = -inf; like
+        improved-diffusion, log_variance at t = 0 is the log of beta_tilde at t = 1 instead (of
+        beta_1 when T = 1). Everywhere else it is log beta_tilde_t.
+        """
         # BEGIN EXERCISE 5: the posterior q(x_{t-1} | x_t, x_0)
-        # HINT: Eq. 7, the posterior_* tables; self._at(table, t, x_t) is table[t], shaped like x_t
-        mean = (self._at(self.posterior_mean_coef1, t, x_t) * x0
-                + self._at(self.posterior_mean_coef2, t, x_t) * x_t)
-        return (mean, self._at(self.posterior_variance, t, x_t),
-                self._at(self.posterior_log_variance_clipped, t, x_t))
+        # HINT: Eq. 7 over whole tables (float64, shape (T,)), then self._at(table, t, x_t) gathers
+        # HINT: table[t] shaped like x_t; log_variance: torch.log of the variance, t = 0 as said
+        beta, alpha_bar, alpha_bar_prev = self.betas, self.alphas_cumprod, self.alphas_cumprod_prev
+        variance = beta * (1 - alpha_bar_prev) / (1 - alpha_bar)                  # beta_tilde_t
+        coef_x0 = beta * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+        coef_x_t = (1 - alpha_bar_prev) * self.alphas.sqrt() / (1 - alpha_bar)
+        first = variance[1:2] if self.T > 1 else beta
+        log_variance = torch.log(torch.cat([first, variance[1:]]))
+        mean = self._at(coef_x0, t, x_t) * x0 + self._at(coef_x_t, t, x_t) * x_t  # mu_tilde_t
+        return mean, self._at(variance, t, x_t), self._at(log_variance, t, x_t)
         # END EXERCISE
 
     def predict_x0_from_eps(self, x_t, t, eps_hat):
@@ -304,7 +304,7 @@ class Schedule:
         x0_hat = self.predict_x0_from_eps(x_t, t, eps_hat)
         alpha_bar = self._at(self.alphas_cumprod, t, x_t)
         if clip_x0:
-            x0_hat = x0_hat.clamp(-1, 1)  # not in the paper; see p_sample for why
+            x0_hat = x0_hat.clamp(-1, 1)  # not in the paper; the module docstring says why
             # the eps_hat that Eq. 9 pairs with this x0_hat
             eps_hat = (x_t - alpha_bar.sqrt() * x0_hat) / (1 - alpha_bar).sqrt()
         alpha_bar_prev = self.alpha_bar_at(t_prev, x_t)
@@ -384,32 +384,35 @@ class Schedule:
             record=[i for i, t in enumerate(kept) if t in record])
         return x, [(kept[i], x_t, x0_hat) for i, x_t, x0_hat in trajectory]
 
-    def _alpha_sigma_lambda(self, t):
-        """DPM-Solver's alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t) and
-        lambda_t = log(alpha_t / sigma_t) at code timestep t, as Python floats (float64)."""
-        alpha_bar = self.alphas_cumprod[t].item()
-        alpha, sigma = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
-        return alpha, sigma, math.log(alpha / sigma)
+    def _lambda(self, t):
+        """DPM-Solver's lambda_t = log(alpha_t / sigma_t), half of log SNR_t, at code timestep t,
+        as a Python float (float64)."""
+        return 0.5 * math.log(self.snr[t].item())
 
     def dpm_solver_step(self, x_t, t, t_prev, x0_hat, x0_hat_before=None, h_before=None):
         """One DPM-Solver++ step (Lu et al. 2022, Algorithm 2) from code timestep t to an earlier
         t_prev >= 0 (ints), given x0_hat predicted at t. Returns (x_prev, h).
 
-        With h = lambda_{t_prev} - lambda_t > 0 (lambda rises as the noise falls),
+        The solver lives in lambda: alpha^2 = sigmoid(2 lambda) and sigma^2 = sigmoid(-2 lambda),
+        so both follow from lambda alone. With h = lambda_{t_prev} - lambda_t > 0 (lambda rises as
+        the noise falls),
             x_prev = (sigma_{t_prev} / sigma_t) x_t - alpha_{t_prev} (e^{-h} - 1) D,
-        where D = x0_hat at first order (without x0_hat_before; this is DDIM's step at eta = 0)
-        and, at second order, D extrapolates from x0_hat_before, predicted one step earlier
-        (h_before its step's h), to this x0_hat:
+        where D = x0_hat at first order (without x0_hat_before) and, at second order, D
+        extrapolates from x0_hat_before, predicted one step earlier (h_before its step's h), to
+        this x0_hat:
             D = (1 + 1 / (2 r)) x0_hat - 1 / (2 r) x0_hat_before,   r = h_before / h.
         """
-        _, sigma, lam = self._alpha_sigma_lambda(t)
-        alpha_prev, sigma_prev, lam_prev = self._alpha_sigma_lambda(t_prev)
+        def log_sigmoid(v):  # log(1 / (1 + e^-v)), without overflow
+            return min(v, 0) - math.log1p(math.exp(-abs(v)))
+        lam, lam_prev = self._lambda(t), self._lambda(t_prev)
         h = lam_prev - lam
+        sigma_ratio = math.exp((log_sigmoid(-2 * lam_prev) - log_sigmoid(-2 * lam)) / 2)
+        alpha_prev = math.exp(log_sigmoid(2 * lam_prev) / 2)
         D = x0_hat
         if x0_hat_before is not None:
             r = h_before / h
             D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_hat_before
-        return sigma_prev / sigma * x_t - alpha_prev * math.expm1(-h) * D, h  # expm1(-h) = e^-h - 1
+        return sigma_ratio * x_t - alpha_prev * math.expm1(-h) * D, h  # expm1(-h) = e^-h - 1
 
     @torch.no_grad()
     def dpm_solver_sample_loop(self, model, shape, steps=20, *, generator=None, device="cpu",
@@ -431,7 +434,7 @@ class Schedule:
             t = torch.full((shape[0],), i, dtype=torch.long, device=device)
             x0_hat = self.predict_x0_from_eps(x, t, model(x, t))  # the data prediction, Eq. 15
             if clip_x0:
-                x0_hat.clamp_(-1, 1)  # in place; see p_sample for why
+                x0_hat.clamp_(-1, 1)  # in place; the module docstring says why
             if i in record:
                 trajectory.append((i, x.cpu(), x0_hat.cpu()))
             if i_prev == -1:

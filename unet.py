@@ -36,7 +36,7 @@ The last convolution starts at zero, so the untrained net predicts eps_hat = 0. 
 measurement, training in turns on MNIST against CPU time on one thread: 32 channels and batch 128
 fell behind, 24 channels trailed 16; scale-and-shift time injection, a zero-initialised second
 convolution and dropping attention ended within noise of the plain form, so the plain form stayed
-(the measurements: see BENCHMARKS.md).
+(all measured on MNIST against CPU time).
 
 Next: part2_diffusion.py
 """
@@ -52,7 +52,7 @@ from outputs import arg_parser, run_main
 # UNet(**dict(PRESETS["cpu"], image_size=32, in_channels=3, num_classes=10)).
 # `python unet.py --preset NAME` counts the parameters of each.
 PRESETS = {
-    # MNIST on a 2-core laptop CPU, chosen by measurement (see the docstring and BENCHMARKS.md).
+    # MNIST on a 2-core laptop CPU, chosen by measurement (see the docstring).
     "cpu": dict(image_size=28, in_channels=1, base_channels=16, channel_mults=[1, 2, 4],
                 num_res_blocks=1, attention=[2], dropout=0.0, num_classes=None, norm_groups=8),
     # A GPU, or CIFAR-10: after the DDPM paper's CIFAR-10 model (128 channels, 2 ResBlocks per
@@ -123,7 +123,7 @@ class ResBlock(nn.Module):
     The time embedding is projected to one number per channel and ADDED to the feature map between
     the two convolutions, as in DDPM: the same block can then behave differently at each noise
     level. The alternative, improved-diffusion's scale-and-shift of the normalised features, made
-    no measurable difference on MNIST here (measured against CPU time, see BENCHMARKS.md), so we
+    no measurable difference on MNIST here (measured against CPU time), so we
     keep the simpler form.
     A 1x1 conv on the residual path matches the channels when in_ch != out_ch.
     """

@@ -1,12 +1,15 @@
-"""The grading plugin: each exercise's score, for the student edition make_assignment.py writes.
+"""The grading plugin: each exercise's score, for the student edition of the lab.
 
 A test grades exercise N when it carries @pytest.mark.exN. A test that also runs the code of another
 exercise names it: @pytest.mark.ex6(depends=[5]). Then
 
     python -m pytest -m ex6                    # exercise 6's tests alone, with pytest's full report
     python -m pytest --grade                   # the graded tests only, then points per exercise
-    python -m pytest --grade-json grades.json  # the same, also written as JSON for a gradebook
+    python -m pytest --grade-json=grades.json  # the same, also written as JSON for a gradebook
     python -m pytest                           # every test, the scripts' end-to-end ones (e2e) too
+
+The options are declared in the top folder's conftest.py (pytest reads it whatever it runs), which
+refuses the spaced `--grade-json FILE`: once FILE exists pytest would take it for a test path.
 
 Points: one per test function, earned when every case of it that ran passed (parametrized cases and
 hypothesis examples test one property; they do not multiply its weight). POINTS below says how many
@@ -19,17 +22,21 @@ What grading does beyond pytest's usual run:
   - a test file that cannot be imported (a syntax error in schedule.py, say) gives its exercises
     "not collected: SyntaxError at schedule.py:138: ...", and every other exercise is graded;
   - each phase of a test (setup, call, teardown) may run for --grade-timeout seconds (default
-    GRADE_TIMEOUT); one that runs over fails with "timed out after N s", and the later tests of
-    the same exercise then fail at once instead of waiting as long again;
+    60); one that runs over fails with "timed out after N s", and the later tests of the same
+    exercise then fail at once instead of waiting as long again;
   - the table and grades.json are written however the run ends: normally, on Ctrl-C, or on
     SIGTERM (a test cut short counts as failed); grades.json is also written when collection is
     done, so that even a run killed outright leaves one (with "finished": false);
   - hypothesis reports one minimal failing example, and draws the same examples on every run.
 A failing test that also runs another exercise's code blames it only if it fails its own tests.
 
-Without --grade or --grade-json the plugin prints nothing: the reference suite's output stays as it
-was. It still checks the markers: a test that grades two exercises, a malformed `depends`, or an
-exercise of pytest.ini without its POINTS stops the run.
+Without --grade or --grade-json the plugin prints one line first, naming --grade, and keeps the
+run short where exercises are not done yet: a test that fails in an exercise's NotImplementedError
+(its own, or one a script it runs printed) is reported as "unfinished" (u), without its traceback,
+and closing lines count them per exercise, with the exercise's message. Only exercises whose code
+is still the edition's `raise NotImplementedError(...)` count: in the reference, every failure is
+reported as pytest does. The plugin also checks the markers: a test that grades two exercises,
+a malformed `depends`, or an exercise of pytest.ini without its POINTS stops the run.
 
 At the end: `mnist_dir`, the tiny fake MNIST that the scripts' end-to-end tests share, and a check
 that no test writes into the checkout.
@@ -48,27 +55,20 @@ import pytest
 import grading_formats
 from outputs import UserError, check_writable, save_json
 
-# How many points (graded test functions) each exercise is out of. tests/test_assignment.py checks
+# How many points (graded test functions) each exercise is out of; the instructors' own tests check
 # them against the tests: change them when you add or remove a graded test.
 POINTS = {1: 2, 2: 3, 3: 4, 4: 3, 5: 2, 6: 8, 7: 6, 8: 4, 9: 6, 10: 2, 11: 5, 12: 4}
-GRADE_TIMEOUT = 60  # seconds per test phase; the slowest graded test: ~2 s on a busy 2-core laptop
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISE_MARK = re.compile(r"ex(\d+)")
 MARK_IN_SOURCE = re.compile(r"\bmark\.ex(\d+)\b")  # how a test file names the exercises it grades
 UNFINISHED = re.compile(r"Exercise (\d+): ")  # the message of an exercise taken out of the edition
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("grading")
-    group.addoption("--grade", action="store_true",
-                    help="run the graded tests only, then print each exercise's points")
-    group.addoption("--grade-json", metavar="FILE",
-                    help="as --grade, and write each exercise's points to FILE as JSON")
-    group.addoption("--grade-timeout", type=float, default=GRADE_TIMEOUT, metavar="SECONDS",
-                    help="when grading, fail a test phase that runs longer "
-                         f"(default {GRADE_TIMEOUT})")
-    grading_formats.add_options(group)  # --grade-gradescope=FILE, --grade-classroom
+# the edition's stand-in for an exercise's code; and its message as it reads in a report (a
+# traceback, or a script's output that a test quotes)
+TAKEN_OUT = re.compile(r'^\s*raise NotImplementedError\("Exercise (\d+): ', re.MULTILINE)
+UNFINISHED_IN_REPORT = re.compile(r"NotImplementedError: (Exercise (\d+): [^\n\\]*)")
+GRADE_FIRST = ("your points: python -m pytest --grade (the graded tests only, in seconds); this "
+               "plain run runs every test, the scripts end to end too (minutes)")
 
 
 def exercises_in_ini(config):
@@ -87,7 +87,7 @@ def pytest_configure(config):
         try:
             check_writable(path.parent)  # now, not after the whole run
         except UserError:
-            raise pytest.UsageError(f"--grade-json {path}: cannot write in {path.parent}; "
+            raise pytest.UsageError(f"--grade-json={path}: cannot write in {path.parent}; "
                                     "choose another place")
     grading = config.getoption("grade") or bool(path) or grading_formats.wanted(config)
     if grading:
@@ -254,15 +254,22 @@ class Grader:
         self.not_run = 0  # tests that grade nothing, which --grade leaves out
         self.finished, self.interrupted = False, None  # interrupted: "Ctrl-C" or "SIGTERM"
         self.old_sigterm = None
+        self.plain_unfinished = Counter()  # exercise -> its unfinished tests, in a plain run
+        self.plain_hints = {}  # exercise -> its NotImplementedError's message
+        self.taken_out = set()  # the exercises whose code is the edition's `raise`, in a plain run
 
     # --- what runs -----------------------------------------------------------------------------
 
     def pytest_sessionstart(self, session):
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if not self.grading:
+            if reporter:
+                reporter.write_line(GRADE_FIRST)
+            self.taken_out = {int(n) for path in ROOT.glob("*.py")
+                              for n in TAKEN_OUT.findall(path.read_text(errors="replace"))}
             return
         if threading.current_thread() is threading.main_thread():
             self.old_sigterm = signal.signal(signal.SIGTERM, self.terminate)
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter and self.config.option.tbstyle == "auto":
             # The table and one line per failure say it all; --tb=short brings pytest's report back.
             self.config.option.tbstyle = "no"
@@ -357,7 +364,22 @@ class Grader:
             test["outcome"] = "skipped"
         elif report.when == "call" and report.passed and test["outcome"] == "running":
             test["outcome"] = "passed"  # only now: a test cut short never counts as passed
+        if report.failed and not self.grading:
+            found = {int(n): message for message, n in
+                     UNFINISHED_IN_REPORT.findall(report.longreprtext) if int(n) in self.taken_out}
+            if found:
+                report.unfinished_exercises = sorted(found)
+                self.plain_unfinished.update(list(found))
+                for n, message in found.items():
+                    self.plain_hints.setdefault(n, one_line(message.rstrip("'\" "), 160))
         return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report):
+        """A plain run's test that stopped at an unfinished exercise: "unfinished", no traceback."""
+        if getattr(report, "unfinished_exercises", None):
+            return "unfinished", "u", "UNFINISHED"
+        return None
 
     def pytest_keyboard_interrupt(self, excinfo):
         if isinstance(excinfo.value, pytest.Session.Interrupted):
@@ -449,6 +471,13 @@ class Grader:
     def pytest_terminal_summary(self, terminalreporter):
         result = yield  # after pytest's own summary: the scores are the last thing a student reads
         if not self.grading:
+            if self.plain_unfinished:
+                write = terminalreporter.write_line
+                write("unfinished (u): tests that stop at an exercise not done yet")
+                for n, count in sorted(self.plain_unfinished.items()):
+                    write(f"  {count:>3} test{'s' if count > 1 else ' '} at NotImplementedError: "
+                          f"{self.plain_hints[n]}")
+                write(GRADE_FIRST.partition(";")[0])
             return result
         self.close_running()
         write, rows = terminalreporter.write_line, self.scores()

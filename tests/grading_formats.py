@@ -30,14 +30,6 @@ from outputs import UserError, check_writable, save_json
 TITLE = re.compile(r"ex(\d+): grades exercise \d+, (.*?)(?: \([^()]*\))?$")
 
 
-def add_options(group):
-    group.addoption("--grade-gradescope", metavar="FILE",
-                    help="as --grade, and write Gradescope's results.json to FILE")
-    group.addoption("--grade-classroom", action="store_true",
-                    help="as --grade, and print GitHub Classroom's runner result (JSON) on stdout; "
-                         "pytest's own output goes to stderr")
-
-
 def wanted(config):
     return bool(config.getoption("grade_gradescope") or config.getoption("grade_classroom"))
 

@@ -62,3 +62,18 @@ def test_a_damaged_cache_is_one_line(tmp_path):
     (tmp_path / autoencoder.CACHE_FILE).write_bytes(b"not a model")
     with pytest.raises(UserError, match="delete it to train a new one"):
         autoencoder.load_or_train(tmp_path)
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan", "inf", "soon"])
+def test_minutes_must_be_a_finite_positive_number(minutes, tmp_path):
+    with pytest.raises(UserError, match="--minutes|number") as error:
+        autoencoder.main(["--data-dir", str(tmp_path), "--minutes", minutes])
+    assert "\n" not in str(error.value), str(error.value)
+
+
+def test_a_spent_budget_stops_training_with_a_progress_line(capsys):
+    lines = []
+    model = autoencoder.train(digits(64), epochs=3, minutes=1e-9, log=lines.append)
+    assert isinstance(model, autoencoder.Autoencoder)
+    assert any("stopped after 1 of 3 steps" in line for line in lines), lines
+    assert "autoencoder: step 1/3" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def test_a_conditional_model_draws_the_labels_it_is_asked_for(mnist_dir, tmp_pat
 
 
 def test_the_reference_checkpoint_samples_digits_and_cannot_be_resumed(mnist_dir, tmp_path):
-    """reference/checkpoint.pt (bench.py reference) is small, loads, and DDIM-10 on it gives finite images
+    """reference/checkpoint.pt (made by the instructors' benchmarks) is small, loads, and DDIM-10 on it gives finite images
     in [-1, 1]; it holds no optimiser state, so --resume refuses it in one line."""
     path = ROOT / "reference" / "checkpoint.pt"
     assert path.stat().st_size <= 3e6, f"{path} is {path.stat().st_size / 1e6:.1f} MB; keep it to 3 MB"

@@ -6,13 +6,15 @@ standard deviation sd is off by sd / sqrt(N) on average, a sample std by sd / sq
 allow Z of those, with Z chosen so that a correct implementation fails one comparison with
 probability 1e-6.
 
-@pytest.mark.exN grades a test as part of exercise N of the student edition (make_assignment.py);
+@pytest.mark.exN grades a test as part of exercise N of the student edition;
 its `depends` lists the other exercises whose code the test also runs. Unmarked tests check code
 students are given. Each exercise is graded on its own wherever that can be done without giving
 another away: the tests of exercises 4-7 build their schedules from explicit betas (`stand_in`),
-not with exercise 3's make_betas, and exercise 6's replace exercise 5's posterior by a made-up one
-(`with_stand_in_posterior`). Where a result has no closed form, the test compares with numbers
-stored in tests/reference_values.json, which the reference solution computed once.
+not with exercise 3's make_betas, and most of exercise 6's replace exercise 5's q_posterior by
+its stored answer for their schedule (`with_stored_posterior`; their messages say so), so that
+p_sample may take its mean through q_posterior or by Eq. 11 directly. Where a result has no closed
+form, the test compares with numbers stored in tests/reference_values.json, which the reference
+solution computed once.
 """
 import json
 import math
@@ -35,19 +37,28 @@ REFERENCE = json.loads((Path(__file__).parent / "reference_values.json").read_te
 
 def close(actual, expected, what, rtol=1e-7, atol=1e-7, index="index"):
     """Assert |actual - expected| <= atol + rtol |expected| everywhere (torch.testing.assert_close
-    is far slower on long tensors). The message says `what` differs, where (`index` names the first
-    dimension) and by how much."""
-    expected = torch.as_tensor(expected, dtype=actual.dtype)
+    is far slower on long tensors). The message says `what` differs, where the difference is
+    largest (`index` names the first dimension) and by how much, or where a NaN appeared."""
+    expected = torch.as_tensor(expected, dtype=actual.dtype, device=actual.device)
     assert actual.shape == expected.shape, (
         f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
     ok = (actual - expected).abs() <= atol + rtol * expected.abs()  # False for NaN too
-    if not ok.all():
-        i = tuple(int(k) for k in (~ok).nonzero()[0])
-        where = f"{index} = {i[0]}" + (f", position {i[1:]}" if len(i) > 1 else "")
-        raise AssertionError(
-            f"{what}: {actual[i].item():.10g} at {where}, expected {expected[i].item():.10g} "
-            f"(largest difference {(actual - expected).abs().max().item():.3g}, allowed "
-            f"{atol:.1g} + {rtol:.1g} x |expected|)")
+    if ok.all():
+        return
+
+    def where(i):
+        i = tuple(int(k) for k in i)
+        return f"{index} = {i[0]}" + (f", position {i[1:]}" if len(i) > 1 else "") if i else "it"
+    nan = actual.isnan() & ~expected.isnan()
+    if nan.any():
+        raise AssertionError(f"{what}: NaN at {where(nan.nonzero()[0])} (and {int(nan.sum())} "
+                             f"entries in all), expected {expected[nan][0].item():.10g} there")
+    excess = ((actual - expected).abs() - rtol * expected.abs()).nan_to_num(float("inf"))
+    i = tuple(int(k) for k in torch.unravel_index(excess.argmax(), excess.shape))
+    raise AssertionError(
+        f"{what}: {actual[i].item():.10g} at {where(i)}, expected {expected[i].item():.10g}: the "
+        f"largest difference, {(actual[i] - expected[i]).abs().item():.3g} ({int((~ok).sum())} of "
+        f"{ok.numel()} entries off; allowed {atol:.1g} + {rtol:.1g} x |expected|)")
 
 
 def first_false(ok):
@@ -92,9 +103,7 @@ def test_tables_are_valid_for_any_T(name, T):
     assert sched.betas.dtype == torch.float64, (
         f"make_betas({name!r}, {T}) returned {sched.betas.dtype}; expected float64")
     for table in ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                  "sqrt_one_minus_alphas_cumprod", "posterior_variance",
-                  "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-                  "snr"):
+                  "sqrt_one_minus_alphas_cumprod", "snr"):
         value = getattr(sched, table)
         assert value.shape == (T,) and value.dtype == torch.float64, (
             f"{where}.{table}: shape {tuple(value.shape)}, {value.dtype}; expected ({T},) float64")
@@ -109,10 +118,6 @@ def test_tables_are_valid_for_any_T(name, T):
                          f"t = {first_false(falls) + 1} is "
                          f"{alpha_bar[first_false(falls) + 1]:.6g}, not below "
                          f"{alpha_bar[first_false(falls)]:.6g}")
-    bounded = (sched.posterior_variance >= 0) & (sched.posterior_variance <= sched.betas)
-    assert bounded.all(), f"{where}: beta_tilde_t outside [0, beta_t] at t = {first_false(bounded)}"
-    assert sched.posterior_variance[0] == 0, (
-        f"{where}: beta_tilde at t = 0 is {sched.posterior_variance[0]}, expected 0")
     close(sched.alphas_cumprod, torch.cumprod(1 - sched.betas, 0), f"{where}: alpha_bar_t against "
           "the product of (1 - beta_s) for s <= t", rtol=1e-14, atol=0, index="t")
     close(sched.snr, alpha_bar / (1 - alpha_bar),
@@ -175,8 +180,7 @@ def test_from_betas_matches_named_schedule():
     named = Schedule("cosine", 37)
     custom = Schedule.from_betas(named.betas.tolist())
     assert custom.T == 37 and custom.name == "custom"
-    for table in ("alphas_cumprod", "posterior_variance", "posterior_mean_coef1",
-                  "posterior_mean_coef2"):
+    for table in ("alphas_cumprod", "alphas_cumprod_prev", "snr"):
         close(getattr(custom, table), getattr(named, table), table, rtol=0, atol=0)
 
 
@@ -261,8 +265,16 @@ def test_posterior_is_bayes_rule(sched):
           "c2^2 (1 - alpha_bar_t) + variance should be 1 - alpha_bar_(t-1)", **tol)
     close(c2 * (1 - a), sched.alphas.sqrt() * (1 - p), "q_posterior: Cov[x_(t-1), x_t | x_0] = "
           "c2 (1 - alpha_bar_t) should be sqrt(alpha_t) (1 - alpha_bar_(t-1))", **tol)
-    close(log_var, sched.posterior_log_variance_clipped, "q_posterior: its log variance should be "
-          "the table posterior_log_variance_clipped", rtol=0, atol=0, index="t")
+    bounded = (var >= 0) & (var <= sched.betas)
+    assert bounded.all(), (f"q_posterior: variance {var[first_false(bounded)]:.6g} at "
+                           f"t = {first_false(bounded)}; expected beta_tilde_t, within [0, beta_t]")
+    assert var[0] == 0, f"q_posterior: variance {var[0].item():.3g} at t = 0; expected 0"
+    if T > 1:
+        close(log_var[1:], var[1:].log(), "q_posterior: log_variance against log(variance)",
+              rtol=1e-12, atol=0, index="t - 1")
+    close(log_var[:1], (var[1:2] if T > 1 else sched.betas[:1]).log(), "q_posterior: log_variance "
+          "at t = 0, where log beta_tilde = -inf; expected the log of the variance at t = 1 (of "
+          "beta_1 when T = 1)", rtol=1e-12, atol=0)
 
 
 # --- the reverse process, step by step (exercises 6 and 7) ----------------------------------------
@@ -273,16 +285,42 @@ def toy_model(x, t):
     return torch.sin(3 * x) + 0.001 * t.view(-1, *[1] * (x.dim() - 1))
 
 
-def with_stand_in_posterior(sched):
-    """`sched` with a made-up q_posterior (mean 0.25 x_0 + 0.5 x_t, which is not Eq. 7, and the
-    true variances) in place of exercise 5's, so that exercise 6 is graded on its own. p_sample must
-    take its mean from self.q_posterior, as its docstring says; the stored values were computed the
-    same way."""
+STORED_POSTERIOR = {name: torch.tensor(values, dtype=torch.float64)
+                    for name, values in REFERENCE["stand_in_posterior"].items()}
+STUB = "exercise 5's q_posterior replaced by its stored answer"  # for the messages
+
+
+def with_stored_posterior(sched):
+    """stand_in(30) with its q_posterior replaced by the right answer for this schedule, read from
+    tests/reference_values.json (Eq. 7's weights of x_0 and x_t, beta_tilde_t and its log), so that
+    exercise 6 is graded on its own: your q_posterior is not run here, and the messages say so.
+    A p_sample that takes its mean by Eq. 11 directly gets the same numbers."""
+    assert sched.T == len(STORED_POSTERIOR["variance"]), "stored for stand_in(30) only"
+    table = lambda name, t, x: sched._at(STORED_POSTERIOR[name], t, x)  # noqa: E731
+
     def q_posterior(x0, x_t, t):
-        return (0.25 * x0 + 0.5 * x_t, sched._at(sched.posterior_variance, t, x_t),
-                sched._at(sched.posterior_log_variance_clipped, t, x_t))
+        return (table("x0_weight", t, x_t) * x0 + table("x_t_weight", t, x_t) * x_t,
+                table("variance", t, x_t), table("log_variance", t, x_t))
     sched.q_posterior = q_posterior
     return sched
+
+
+def check_noisy_step(x_prev, mean, sigma, seed, what):
+    """x_prev = mean + sigma z, where z ~ N(0, I) comes from torch.Generator().manual_seed(seed):
+    drawn in x's dtype, or drawn in float32 and cast (then z carries float32's rounding, and so may
+    sigma z). mean, sigma: the stored deterministic part and noise scale of the step."""
+    mean, sigma = (torch.as_tensor(v, dtype=x_prev.dtype) for v in (mean, sigma))
+    for dtype in (torch.float64, torch.float32):
+        z = torch.randn(x_prev.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        noise = sigma * z.to(x_prev.dtype)
+        slack = 8 * torch.finfo(dtype).eps * noise.abs() if dtype != x_prev.dtype else 0
+        if ((x_prev - mean - noise).abs() <= 1e-9 + 1e-9 * mean.abs() + slack).all():
+            return
+    z = torch.randn(x_prev.shape, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    close(x_prev, mean + sigma * z, f"{what} (against the step with z drawn from `generator` in "
+          "x's dtype; z drawn in float32 and cast fits no better)", rtol=1e-9, atol=1e-9,
+          index="row")
 
 
 def step_inputs(T=30, seed=0, ddim=False):
@@ -304,31 +342,35 @@ def step_inputs(T=30, seed=0, ddim=False):
 @pytest.mark.parametrize("case", REFERENCE["ddpm_step"],
                          ids=lambda c: f"{c['variance']}-clip{c['clip_x0']}")
 def test_ddpm_step_matches_stored_values(case):
-    """One p_sample step (Algorithm 2, mean by way of x0_hat and the posterior) against the
-    reference's own output for the same inputs, noise and (stand-in) posterior."""
-    sched = with_stand_in_posterior(stand_in(30))
+    """One p_sample step (Algorithm 2) against the reference's own mean and x0_hat for the same
+    inputs, plus sigma_t z with z from the generator (z = 0 at t = 0)."""
+    sched = with_stored_posterior(stand_in(30))
     x_t, t = step_inputs()
     x_prev, x0_hat = sched.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(7),
                                     clip_x0=case["clip_x0"], variance=case["variance"])
-    what = f"p_sample (variance={case['variance']!r}, clip_x0={case['clip_x0']})"
+    what = f"p_sample (variance={case['variance']!r}, clip_x0={case['clip_x0']}; {STUB})"
     close(x0_hat, case["x0_hat"],
           f"{what}: its x0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
           rtol=1e-9, atol=1e-9, index="row")
-    close(x_prev, case["x_prev"], f"{what}: x_(t-1) = posterior mean + sigma_t z, with z = 0 at "
-          f"t = 0 (rows 0 and 1 are t = {int(t[0])} and t = 0)", rtol=1e-9, atol=1e-9, index="row")
+    var = sched.betas if case["variance"] == "beta" else STORED_POSTERIOR["variance"]
+    sigma = (var[t].sqrt() * (t > 0))[:, None]
+    check_noisy_step(x_prev, case["mean"], sigma, 7, f"{what}: x_(t-1) = mean + sigma_t z, "
+                     f"z = 0 at t = 0 (rows 0 and 1 are t = {int(t[0])} and t = 0)")
 
 
 @pytest.mark.ex6
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
 def test_last_ddpm_step_adds_no_noise(variance):
-    sched = with_stand_in_posterior(stand_in(50))
+    sched = with_stored_posterior(stand_in(30))
     x_t, t = torch.randn(8, 1, 4, 4, dtype=torch.float64), torch.zeros(8, dtype=torch.long)
     out = [sched.p_sample(toy_model, x_t, t, generator=torch.Generator().manual_seed(k),
                           clip_x0=False, variance=variance) for k in (1, 2)]
-    close(out[0][0], out[1][0], "p_sample at t = 0 (paper step 1) with two different noise seeds: "
-          "Algorithm 2 adds no noise at the last step (z = 0)", rtol=0, atol=0, index="sample")
-    close(out[0][0], 0.25 * out[0][1] + 0.5 * x_t, "p_sample at t = 0: the posterior mean of "
-          "(x0_hat, x_t), nothing added", rtol=1e-12, atol=1e-12, index="sample")
+    close(out[0][0], out[1][0], f"p_sample at t = 0 (paper step 1; {STUB}) with two different "
+          "noise seeds: Algorithm 2 adds no noise at the last step (z = 0)", rtol=0, atol=0,
+          index="sample")
+    close(out[0][0], out[0][1], f"p_sample at t = 0 ({STUB}), against its x0_hat: with "
+          "alpha_bar_0 = 1 the posterior mean (Eq. 7), and Eq. 11, are x0_hat itself",
+          rtol=1e-10, atol=1e-10, index="sample")
 
 
 @pytest.mark.ex7
@@ -336,8 +378,8 @@ def test_last_ddpm_step_adds_no_noise(variance):
                          ids=lambda c: f"eta{c['eta']}-clip{c['clip_x0']}")
 def test_ddim_step_matches_stored_values(case):
     """One ddim_step (Song et al. 2021, Eqs. 12 and 16) against the reference's output for the same
-    inputs and noise: at eta = 0.5 this checks sigma^2 exactly, which the sampling statistics below
-    only roughly can."""
+    inputs and noise: its deterministic part and sigma are stored, so at eta = 0.5 this checks
+    sigma^2 exactly, which the sampling statistics below only roughly can."""
     sched = stand_in(30)
     x_t, t, t_prev = step_inputs(ddim=True)
     x_prev, x0_hat = sched.ddim_step(toy_model, x_t, t, t_prev, eta=case["eta"],
@@ -347,25 +389,28 @@ def test_ddim_step_matches_stored_values(case):
     close(x0_hat, case["x0_hat"],
           f"{what}: its x0_hat (Eq. 15{', clamped to [-1, 1]' if case['clip_x0'] else ''})",
           rtol=1e-9, atol=1e-9, index="row")
-    close(x_prev, case["x_prev"], f"{what}: x_prev of Eq. 12 with Eq. 16's sigma (rows 0 and 1 go "
-          f"from t = {int(t[0])} to {int(t_prev[0])} and from t = 1 to x_0)", rtol=1e-9, atol=1e-9,
-          index="row")
+    sigma = torch.tensor(case["sigma"], dtype=torch.float64)[:, None]
+    check_noisy_step(x_prev, case["mean"], sigma, 7,
+                     f"{what}: x_prev of Eq. 12 with Eq. 16's sigma (rows 0 and 1 go from "
+                     f"t = {int(t[0])} to {int(t_prev[0])} and from t = 1 to x_0)")
 
 
 @pytest.mark.ex7
 @pytest.mark.parametrize("clip_x0", [False, True])
 def test_ddim_eta1_over_consecutive_steps_is_ddpm_beta_tilde(clip_x0):
-    """With eta = 1 and steps = T, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the
-    posterior mean, so DDIM must reproduce DDPM's samples (stored, from the reference's
-    p_sample_loop) from the same seed (with clipping too, because DDIM rederives eps from the
-    clipped x0_hat)."""
-    sched = stand_in(40)
-    ddim, _ = sched.ddim_sample_loop(toy_model, (8, 3), steps=40, eta=1.0,
-                                     generator=torch.Generator().manual_seed(5),
-                                     dtype=torch.float64, clip_x0=clip_x0)
-    close(ddim, REFERENCE["ddpm_beta_tilde_samples"][str(clip_x0)],
-          f"DDIM, eta = 1, all 40 steps, clip_x0={clip_x0}: its samples against DDPM's (variance "
-          "beta_tilde) from the same seed", rtol=1e-10, atol=1e-10, index="sample")
+    """With eta = 1 and t_prev = t - 1, Eq. 16 gives sigma^2 = beta_tilde and Eq. 12 reduces to the
+    posterior mean, so a DDIM step must be DDPM's step with variance beta_tilde (its mean and
+    beta_tilde stored from the reference's p_sample), from the same seed; with clipping too,
+    because DDIM rederives eps from the clipped x0_hat."""
+    sched = stand_in(30)
+    x_t, t = step_inputs()
+    x_prev, _ = sched.ddim_step(toy_model, x_t, t, t - 1, eta=1.0,
+                                generator=torch.Generator().manual_seed(7), clip_x0=clip_x0)
+    [ddpm] = [case for case in REFERENCE["ddpm_step"]
+              if case["variance"] == "beta_tilde" and case["clip_x0"] == clip_x0]
+    check_noisy_step(x_prev, ddpm["mean"], STORED_POSTERIOR["variance"][t].sqrt()[:, None], 7,
+                     f"ddim_step at eta = 1 from t to t - 1 (clip_x0={clip_x0}), against DDPM's "
+                     f"step with variance beta_tilde (rows 0 and 1 are t = {int(t[0])} and t = 0)")
 
 
 @pytest.mark.ex7
@@ -375,7 +420,8 @@ def test_ddim_last_step_returns_x0_hat(eta):
     timesteps = sched.ddim_timesteps(7)
     x, traj = sched.ddim_sample_loop(toy_model, (4, 5), steps=7, eta=eta,
                                      generator=torch.Generator().manual_seed(0), record=timesteps)
-    assert [r[0] for r in traj] == timesteps
+    assert [r[0] for r in traj] == timesteps, (
+        f"ddim_sample_loop recorded timesteps {[r[0] for r in traj]}; expected {timesteps}")
     close(x, traj[-1][2], f"DDIM (eta = {eta}): the last step goes to alpha_bar = 1, so it should "
           "return its x0_hat exactly, with no noise left", rtol=0, atol=0, index="sample")
 
@@ -469,7 +515,7 @@ def call(method, sched, dtype, device):
     if method == "q_posterior":
         return x0, dict(zip(["mean", "variance", "log_variance"], sched.q_posterior(x0, eps, t)))
     if method == "p_sample":
-        stepped = with_stand_in_posterior(sched).p_sample(toy_model, eps, t, generator=g)
+        stepped = with_stored_posterior(sched).p_sample(toy_model, eps, t, generator=g)
         return x0, dict(zip(["x_(t-1)", "x0_hat"], stepped))
     return x0, dict(zip(["x_prev", "x0_hat"],
                         sched.ddim_step(toy_model, eps, t, t - 1, eta=0.5, generator=g)))
@@ -488,11 +534,12 @@ def test_keeps_dtype_and_device(method, device, dtype):
     x0, outputs = call(method, stand_in(30), dtype, device)
     for name, out in outputs.items():
         shape = (3, 1, 1, 1) if name in ("variance", "log_variance") else x0.shape
+        stub = f" ({STUB})" if method == "p_sample" else ""
         assert out.dtype == dtype and out.device == x0.device, (
-            f"{method} returned its {name} as {out.dtype} on {out.device} for {dtype} input on "
-            f"{x0.device}; expected {dtype} on {x0.device}")
+            f"{method}{stub} returned its {name} as {out.dtype} on {out.device} for {dtype} input "
+            f"on {x0.device}; expected {dtype} on {x0.device}")
         assert out.shape == shape, (
-            f"{method} returned its {name} with shape {tuple(out.shape)}; expected {shape}")
+            f"{method}{stub} returned its {name} with shape {tuple(out.shape)}; expected {shape}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -525,61 +572,68 @@ def test_shape_dtype_device_pass_through(device, dtype):
 @pytest.mark.ex6
 def test_model_sees_long_timesteps_in_sampling_order():
     seen = []
-    sched = with_stand_in_posterior(stand_in(5))
+    sched = with_stored_posterior(stand_in(30))
     sched.p_sample_loop(lambda x, t: seen.append(t) or torch.zeros_like(x), (3, 2))
     got = [tt.tolist() for tt in seen]
-    assert got == [[t] * 3 for t in (4, 3, 2, 1, 0)], (
-        f"p_sample_loop over T = 5 steps called the model with t = {got}; expected [4, 4, 4], "
-        "[3, 3, 3], ..., [0, 0, 0]: p_sample should call model(x_t, t) once, with the t it was "
-        "given")
+    assert got == [[t] * 3 for t in range(29, -1, -1)], (
+        f"p_sample_loop over T = 30 steps called the model with t = {got}; expected [29, 29, 29], "
+        "[28, 28, 28], ..., [0, 0, 0]: p_sample should call model(x_t, t) once, with the t it was "
+        f"given ({STUB})")
     assert all(tt.dtype == torch.long for tt in seen), (
-        "p_sample should pass the model t as given (long)")
+        f"p_sample should pass the model t as given (long) ({STUB})")
 
 
 @pytest.mark.ex6
 def test_clipping_keeps_x0_hat_in_data_range():
-    sched = with_stand_in_posterior(stand_in(20))
+    sched = with_stored_posterior(stand_in(30))
     for clip_x0 in (True, False):
         _, traj = sched.p_sample_loop(toy_model, (8, 3), generator=torch.Generator().manual_seed(0),
-                                      clip_x0=clip_x0, record=range(20))
+                                      clip_x0=clip_x0, record=range(30))
         largest = max(r[2].abs().max().item() for r in traj)
         if clip_x0:
-            assert largest <= 1, (f"p_sample with clip_x0=True returned an x0_hat of "
+            assert largest <= 1, (f"p_sample with clip_x0=True ({STUB}) returned an x0_hat of "
                                   f"{largest:.3g}; expected every value clamped to [-1, 1]")
         else:
-            assert largest > 1, (f"p_sample with clip_x0=False returned x0_hat within [-1, 1] "
-                                 f"only; this toy model's Eq. 15 prediction reaches "
+            assert largest > 1, (f"p_sample with clip_x0=False ({STUB}) returned x0_hat within "
+                                 f"[-1, 1] only; this toy model's Eq. 15 prediction reaches "
                                  f"{largest:.3g}: clamp only when clip_x0")
 
 
 @pytest.mark.ex6
 def test_trajectory_holds_x_t_and_its_x0_hat():
-    sched = with_stand_in_posterior(stand_in(20))
+    sched = with_stored_posterior(stand_in(30))
     x, traj = sched.p_sample_loop(toy_model, (4, 3), generator=torch.Generator().manual_seed(3),
-                                  dtype=torch.float64, clip_x0=False, record=range(20))
-    assert [r[0] for r in traj] == list(range(19, -1, -1)) and traj[-1][2].shape == x.shape
+                                  dtype=torch.float64, clip_x0=False, record=range(30))
+    recorded = [r[0] for r in traj]
+    assert recorded == list(range(29, -1, -1)), (
+        f"p_sample_loop with record=range(30) recorded t = {recorded}; expected 29 down to 0")
+    assert traj[-1][2].shape == x.shape, (
+        f"p_sample returned x0_hat of shape {tuple(traj[-1][2].shape)}; expected x_t's, "
+        f"{tuple(x.shape)}")
     for t, x_t, x0_hat in traj:
         tt = torch.full((4,), t)
         close(x0_hat, sched.predict_x0_from_eps(x_t, tt, toy_model(x_t, tt)),
-              f"p_sample's x0_hat at t = {t}, against Eq. 15 (predict_x0_from_eps) of the model's "
-              "eps", index="sample")
-    assert sched.p_sample_loop(toy_model, (4, 3))[1] == []
+              f"p_sample's x0_hat at t = {t} ({STUB}), against Eq. 15 (predict_x0_from_eps) of the "
+              "model's eps", index="sample")
+    assert sched.p_sample_loop(toy_model, (4, 3))[1] == [], (
+        "p_sample_loop without `record` returned a trajectory; expected [] (this loop is given)")
 
 
 @pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.ex6),
                                      pytest.param("ddim", marks=pytest.mark.ex7)])
 def test_same_seed_same_samples(sampler):
-    sched = with_stand_in_posterior(stand_in(25))
+    sched = with_stored_posterior(stand_in(30))
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
         if sampler == "ddpm":
             return sched.p_sample_loop(toy_model, (6, 2), generator=g)[0]
         return sched.ddim_sample_loop(toy_model, (6, 2), steps=8, eta=0.5, generator=g)[0]
-    close(run(11), run(11), f"{sampler}: two runs from seed 11 (all noise must come from "
+    what = f"{sampler} ({STUB})" if sampler == "ddpm" else sampler
+    close(run(11), run(11), f"{what}: two runs from seed 11 (all noise must come from "
           "`generator`)", rtol=0, atol=0, index="sample")
     assert not torch.equal(run(11), run(12)), (
-        f"{sampler}: seeds 11 and 12 gave the same samples; draw z from `generator`")
+        f"{what}: seeds 11 and 12 gave the same samples; draw z from `generator`")
 
 
 # --- classifier-free guidance (exercise 12) ------------------------------------------------------
@@ -598,7 +652,10 @@ def test_guidance_at_scale_1_is_the_conditional_model_and_at_0_the_unconditional
           "plain conditional model)", rtol=1e-12, atol=1e-12)
     close(guided_eps(cond, uncond, 0.0), uncond, "guided_eps at scale 0 (expected eps_uncond, the "
           "unconditional model)", rtol=1e-12, atol=1e-12)
-    assert guided_eps(cond.float(), uncond.float(), 2.5).dtype == torch.float32
+    dtype = guided_eps(cond.float(), uncond.float(), 2.5).dtype
+    assert dtype == torch.float32, (
+        f"guided_eps of two float32 predictions returned {dtype}; expected float32: combine them "
+        "without creating float64 tensors")
 
 
 @pytest.mark.ex12
@@ -633,7 +690,9 @@ def test_classifier_free_guidance():
     # at scale 3.5, 3.5 times as far from the unconditional eps as the conditional eps is
     close(guided[3.5] - uncond, 3.5 * (cond - uncond), "guided eps at scale 3.5, minus the "
           "unconditional eps", rtol=1e-6, atol=1e-5)
-    assert calls == [8, 8, 8]  # both halves in one batched call
+    assert calls == [8, 8, 8], (  # both halves in one batched call
+        f"classifier_free_guidance called the model with batches of {calls} for B = 4; expected "
+        "one batch of 2B = 8 per call (this function is given: did guided_eps call the model?)")
     close(classifier_free_guidance(model, y, 1.0, 10)(x, t), cond, "guided eps at scale 1",
           rtol=1e-6, atol=1e-5)
 
@@ -659,7 +718,9 @@ def test_classifier_free_guidance_with_a_prompt():
     guided = classifier_free_guidance(model, ids, -2.0, null_label=empty)(x, t)
     close(guided - unprompted, -2 * (prompted - unprompted), "guided eps at scale -2, minus the "
           "empty prompt's", rtol=1e-6, atol=1e-5)
-    assert calls == [6, 6, 6]  # both halves in one batched call
+    assert calls == [6, 6, 6], (  # both halves in one batched call
+        f"classifier_free_guidance called the model with batches of {calls} for B = 3; expected "
+        "one batch of 2B = 6 per call (this function is given: did guided_eps call the model?)")
 
 
 # --- bad input ------------------------------------------------------------------------------------
