@@ -10,7 +10,7 @@ train like one process with the whole batch. Rank 0 alone writes the run folder,
 the samples and the figures.
 
 When it pays: more than one GPU (NCCL), or the gpu preset and CIFAR-10 on a CPU with many cores
-(gloo). On a 2-core laptop it does not: one process already keeps both cores busy (BENCHMARKS.md).
+(gloo). On a 2-core laptop it does not: one process already keeps both cores busy (measured).
 
 Run without torchrun, every function here does nothing: rank 0 of a world of one process.
 A student reading the lab can skip this file.

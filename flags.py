@@ -240,7 +240,7 @@ def on_device(model, device):
 
 
 def device_name(device):
-    """The device in words, for the tables of bench.py and experiments.py."""
+    """The device in words, for the tables of experiments.py and the benchmarks."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()

@@ -47,7 +47,7 @@ from outputs import DiskFull, HelpFormatter, Progress, UserError, arg_parser, ru
 from schedule import classifier_free_guidance
 from unet import PRESETS, UNet
 
-# Defaults, chosen by measurement on a 2-core laptop CPU (BENCHMARKS.md).
+# Defaults, chosen by measurement on a 2-core laptop CPU.
 DATASET, SCHEDULE, T, PRESET = "mnist", "linear", 1000, "cpu"
 BATCH_SIZE, LR = 64, 2e-3
 WARMUP = 100          # steps of linear learning-rate warm-up: Adam's first steps are noisy
@@ -298,7 +298,7 @@ def sample_folder_name(args):
 
 def run(args, loss_fn=None, make_eps_theta=eps_theta):
     """Train then sample, or only sample (--sample-from). Returns the summary (summary.json), or
-    None if Ctrl-C stopped training. bench.py passes variants of training_loss and eps_theta."""
+    None if Ctrl-C stopped training. Benchmarks may pass variants of training_loss, eps_theta."""
     flags.check_part2(args)
     device = ddp.start(flags.pick_device(args.device))  # torchrun: join the other processes
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every script with a command line; experiments.py and bench.py read sys.argv themselves.
+# Every script with a command line; experiments.py reads sys.argv itself.
 SCRIPTS = ["autoencoder", "captions", "gan_baseline", "metrics", "part1_inversion",
            "part2_diffusion", "part3_text_to_image", "plots", "unet"]
 

@@ -388,3 +388,21 @@ def test_a_failure_before_any_work_leaves_no_run_folder(tmp_path, monkeypatch):
         part2_diffusion.main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--runs",
                               str(tmp_path / "runs"), "--name", "x"])
     assert not (tmp_path / "runs").exists()  # neither the run folder nor --runs, which it made
+
+
+# --- an unfinished sampler exercise after a finished training (issue 24) ---------------------------
+
+def test_an_unfinished_sampler_ends_a_finished_training_in_one_line(mnist_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    """The student edition's p_sample raises NotImplementedError("Exercise 6: ..."): the training
+    is saved, and the run ends in one line (exit 2) naming the exercise and --sample-from."""
+    import schedule
+
+    def unfinished(*args, **kwargs):
+        raise NotImplementedError("Exercise 6: Eq. 11, then sigma_t z")
+    monkeypatch.setattr(schedule.Schedule, "ddim_sample_loop", unfinished)
+    code, err = exits(lambda: run(["--steps", "2", "--name", "u", *FAST_DRAW], mnist_dir,
+                                  tmp_path), capsys)
+    assert code == 2 and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err), err
+    assert "Exercise 6" in err[-1] and f"--sample-from {tmp_path / 'u'}" in err[-1]
+    assert torch.load(tmp_path / "u" / "checkpoint.pt", weights_only=True)["step"] == 2

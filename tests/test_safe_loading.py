@@ -7,7 +7,7 @@ way of reading it must refuse the file, in one line, without the marker ever app
   - a file that is only a payload, named checkpoint.pt: --sample-from;
   - a Part 3 checkpoint (part3's load_run, which --sample-from, --resume and
     `experiments.py guidance --run` go through);
-  - a GAN checkpoint (experiments.py reads its history) and any checkpoint read by bench.py;
+  - a GAN checkpoint (experiments.py reads its history) and any checkpoint a benchmark reads;
   - the classifier cache (metrics.py) and the autoencoder cache (autoencoder.py);
   - a samples .npy holding an object array (metrics.py);
   - a CIFAR-10 batch (data.py).
@@ -95,7 +95,7 @@ def test_part2_resume_never_runs_a_payload(trained, tmp_path, marker, mnist_dir)
 
 def test_every_reader_of_a_checkpoint_refuses_a_payload(trained, tmp_path, marker):
     """Part 3's load_run (its --sample-from, --resume and experiments.py guidance --run), and
-    runs.load_safely, which experiments.py and bench.py use for GAN and Part 2 checkpoints."""
+    runs.load_safely, which experiments.py and the benchmarks use for GAN and Part 2 checkpoints."""
     run = planted_run(trained, tmp_path, marker)
     assert "could run code" in refused(lambda: part3.load_run(run))
     assert "could run code" in refused(lambda: runs.load_safely(run / "checkpoint.pt"))
