@@ -10,6 +10,7 @@ The paper's symbols and their names in the code (the same in every file of the l
     x_t                    x_t                    x_0 noised to step t
     epsilon                eps                    the drawn noise, N(0, I)
     epsilon_theta(x_t, t)  eps_hat                the model's output: its guess of eps
+    epsilon_theta          eps_theta              the noise predictor the samplers call
     beta_t                 betas                  the variance of the noise added at step t
     alpha_t = 1 - beta_t   alphas
     alpha_bar_t            alphas_cumprod (tables), alpha_bar (one value): prod_{s<=t} alpha_s
@@ -163,14 +164,14 @@ class Schedule:
 
     # --- the forward process q ------------------------------------------------------------------
 
-    def q_sample(self, x0, t, noise):
+    def q_sample(self, x0, t, eps):
         """x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), Eq. 4, written as
-        Eq. 9's x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. x0, noise: (B, ...);
+        Eq. 9's x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. x0, eps: (B, ...);
         t: long (B,)."""
         # BEGIN EXERCISE 4: the forward process q(x_t | x_0)
         # HINT: Eq. 9; self._at(table, t, x0) is table[t], shaped to broadcast against x0
         return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0
-                + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+                + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * eps)
         # END EXERCISE
 
     def q_posterior(self, x0, x_t, t):
@@ -205,10 +206,10 @@ class Schedule:
     # --- the reverse process: DDPM (Ho et al. 2020, Algorithm 2) -------------------------------
 
     @torch.no_grad()
-    def p_sample(self, model, x_t, t, *, generator=None, clip_x0=True, variance="beta"):
+    def p_sample(self, eps_theta, x_t, t, *, generator=None, clip_x0=True, variance="beta"):
         """One Algorithm 2 step: x_{t-1} = mu_theta(x_t, t) + sigma_t z. Returns (x_{t-1}, x0_hat).
 
-        model(x_t, t) -> eps_hat predicts the noise; x_t: (B, ...); t: long (B,). variance picks
+        eps_theta(x_t, t) -> eps_hat predicts the noise; x_t: (B, ...); t: long (B,). variance picks
         sigma_t^2: "beta" (beta_t) or "beta_tilde" (beta_tilde_t, Eq. 7), the two choices of
         Section 3.2. z is drawn from `generator`.
         We compute mu_theta as "predict x_0 (Eq. 15), then take the posterior mean (Eq. 7)".
@@ -220,7 +221,7 @@ class Schedule:
             raise ValueError(f"variance must be 'beta' or 'beta_tilde'; got {variance!r}")
         # BEGIN EXERCISE 6: one step of DDPM sampling, Algorithm 2
         # HINT: x0_hat by Eq. 15 (clamped if clip_x0), mean by q_posterior, + sigma_t z if t > 0
-        x0_hat = self.predict_x0_from_eps(x_t, t, model(x_t, t))
+        x0_hat = self.predict_x0_from_eps(x_t, t, eps_theta(x_t, t))
         if clip_x0:
             # Not in Algorithm 2 (the authors' released code does it). At large t, Eq. 15 divides
             # by a tiny sqrt(alpha_bar_t) (0.006 at t = T-1, linear schedule), so a small error in
@@ -236,7 +237,7 @@ class Schedule:
         # END EXERCISE
 
     @torch.no_grad()
-    def p_sample_loop(self, model, shape, *, generator=None, device="cpu", dtype=torch.float32,
+    def p_sample_loop(self, eps_theta, shape, *, generator=None, device="cpu", dtype=torch.float32,
                       clip_x0=True, variance="beta", record=()):
         """Algorithm 2 in full: x_T ~ N(0, I), then T steps down to x_0. shape: (B, ...) of the
         samples.
@@ -250,7 +251,7 @@ class Schedule:
         trajectory = []
         for i in reversed(range(self.T)):
             t = torch.full((shape[0],), i, dtype=torch.long, device=device)
-            x_prev, x0_hat = self.p_sample(model, x, t, generator=generator, clip_x0=clip_x0,
+            x_prev, x0_hat = self.p_sample(eps_theta, x, t, generator=generator, clip_x0=clip_x0,
                                            variance=variance)
             if i in record:
                 trajectory.append((i, x.cpu(), x0_hat.cpu()))
@@ -280,7 +281,7 @@ class Schedule:
         return [(k * self.T) // steps - 1 for k in range(steps, 0, -1)]
 
     @torch.no_grad()
-    def ddim_step(self, model, x_t, t, t_prev, *, eta=0.0, generator=None, clip_x0=True):
+    def ddim_step(self, eps_theta, x_t, t, t_prev, *, eta=0.0, generator=None, clip_x0=True):
         """One DDIM step from code timestep t to an earlier t_prev (long (B,) each; t_prev = -1
         means x_0 itself, alpha_bar = 1; see alpha_bar_at). Song et al. 2021, Eq. 12:
             x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat
@@ -300,7 +301,7 @@ class Schedule:
                              f"got t_prev = {int(t_prev[i])} for t = {int(t[i])}")
         # BEGIN EXERCISE 7: one DDIM step, Song et al. 2021
         # HINT: x0_hat by Eq. 15 (if clip_x0: clamp, rederive eps_hat from it), then Eqs. 16, 12
-        eps_hat = model(x_t, t)
+        eps_hat = eps_theta(x_t, t)
         x0_hat = self.predict_x0_from_eps(x_t, t, eps_hat)
         alpha_bar = self._at(self.alphas_cumprod, t, x_t)
         if clip_x0:
@@ -321,7 +322,7 @@ class Schedule:
         # END EXERCISE
 
     @torch.no_grad()
-    def ddim_sample_loop(self, model, shape, steps=50, eta=0.0, *, generator=None, device="cpu",
+    def ddim_sample_loop(self, eps_theta, shape, steps=50, eta=0.0, *, generator=None, device="cpu",
                          dtype=torch.float32, clip_x0=True, record=()):
         """DDIM sampling in `steps` steps over `ddim_timesteps(steps)`, from x_T ~ N(0, I) to x_0.
 
@@ -334,7 +335,7 @@ class Schedule:
         trajectory = []
         for i, i_prev in zip(timesteps, timesteps[1:] + [-1]):
             t = torch.full((shape[0],), i, dtype=torch.long, device=device)
-            x_prev, x0_hat = self.ddim_step(model, x, t, torch.full_like(t, i_prev), eta=eta,
+            x_prev, x0_hat = self.ddim_step(eps_theta, x, t, torch.full_like(t, i_prev), eta=eta,
                                             generator=generator, clip_x0=clip_x0)
             if i in record:
                 trajectory.append((i, x.cpu(), x0_hat.cpu()))
@@ -362,7 +363,7 @@ class Schedule:
                                    f"{self.name}, {steps} of {self.T} steps"), kept
 
     @torch.no_grad()
-    def respaced_sample_loop(self, model, shape, steps=50, *, generator=None, device="cpu",
+    def respaced_sample_loop(self, eps_theta, shape, steps=50, *, generator=None, device="cpu",
                              dtype=torch.float32, clip_x0=True, variance="beta", record=()):
         """Ancestral DDPM sampling (Algorithm 2) in `steps` steps: p_sample_loop on the schedule
         respaced to ddim_timesteps(steps) (Nichol & Dhariwal 2021, Section 4; see `respaced`),
@@ -376,10 +377,10 @@ class Schedule:
         sched, kept = self.respaced(steps)
         original = torch.tensor(kept, device=device)
 
-        def respaced_model(x_t, i):  # respaced timestep i is original timestep kept[i]
-            return model(x_t, original[i])
+        def respaced_eps_theta(x_t, i):  # respaced timestep i is original timestep kept[i]
+            return eps_theta(x_t, original[i])
         x, trajectory = sched.p_sample_loop(
-            respaced_model, shape, generator=generator, device=device, dtype=dtype,
+            respaced_eps_theta, shape, generator=generator, device=device, dtype=dtype,
             clip_x0=clip_x0, variance=variance,
             record=[i for i, t in enumerate(kept) if t in record])
         return x, [(kept[i], x_t, x0_hat) for i, x_t, x0_hat in trajectory]
@@ -415,7 +416,7 @@ class Schedule:
         return sigma_ratio * x_t - alpha_prev * math.expm1(-h) * D, h  # expm1(-h) = e^-h - 1
 
     @torch.no_grad()
-    def dpm_solver_sample_loop(self, model, shape, steps=20, *, generator=None, device="cpu",
+    def dpm_solver_sample_loop(self, eps_theta, shape, steps=20, *, generator=None, device="cpu",
                                dtype=torch.float32, clip_x0=True, record=()):
         """DPM-Solver++(2M), Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
         Diffusion Probabilistic Models", Algorithm 2: the deterministic sampling ODE solved by a
@@ -432,7 +433,7 @@ class Schedule:
         trajectory, x0_hat_before, h_before = [], None, None
         for i, i_prev in zip(timesteps, timesteps[1:] + [-1]):
             t = torch.full((shape[0],), i, dtype=torch.long, device=device)
-            x0_hat = self.predict_x0_from_eps(x, t, model(x, t))  # the data prediction, Eq. 15
+            x0_hat = self.predict_x0_from_eps(x, t, eps_theta(x, t))  # the data prediction, Eq. 15
             if clip_x0:
                 x0_hat.clamp_(-1, 1)  # in place; the module docstring says why
             if i in record:
@@ -464,8 +465,8 @@ def guided_eps(eps_cond, eps_uncond, scale):
 
 
 def classifier_free_guidance(model, y, scale, null_label):
-    """Turn a conditional model(x_t, t, y) -> eps_hat into a guided eps_fn(x_t, t) for the
-    samplers, by guided_eps.
+    """Turn a conditional model(x_t, t, y) -> eps_hat into the guided eps_theta(x_t, t) that the
+    samplers call, by guided_eps.
 
     y: the conditions, (B,) class labels (Part 2) or (B, L) prompt tokens (Part 3). null_label: the
     condition the model was trained with when the real one was dropped: an int label (the "no
@@ -474,8 +475,8 @@ def classifier_free_guidance(model, y, scale, null_label):
     """
     null = torch.full_like(y, null_label) if isinstance(null_label, int) else null_label
 
-    def eps_fn(x_t, t):
+    def eps_theta(x_t, t):
         eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                      torch.cat([y, null])).chunk(2)
         return guided_eps(eps_cond, eps_uncond, scale)
-    return eps_fn
+    return eps_theta

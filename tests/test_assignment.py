@@ -158,7 +158,7 @@ PLANTS = {
     # A syntax error in schedule.py (exercise 4's region); an endless loop in exercise 2; exercise 8's sin and
     # cos swapped, which once made exercises 8 and 9 blame each other.
     "broken": (ALL, ["--grade-timeout=3"], [
-        ("schedule.py", "t, x0) * noise)\n", "t, x0) * noise))\n"),
+        ("schedule.py", "t, x0) * eps)\n", "t, x0) * eps))\n"),
         ("part1_inversion.py", "        opt.zero_grad()\n", "        while True:\n            pass\n"),
         ("unet.py", "[torch.sin(angles), torch.cos(angles)]", "[torch.cos(angles), torch.sin(angles)]")]),
     # The three mistakes that once scored full marks, a wrong posterior (a hypothesis failure, and
@@ -180,8 +180,8 @@ PLANTS = {
     # mean by Eq. 11 directly when nothing is clipped, and its z drawn in float32 and cast; DDIM's z
     # drawn likewise, and its sigma from Eq. 16 in another algebraic form.
     "alternatives": ([6, 7], [], [
-        ("schedule.py", "        x0_hat = self.predict_x0_from_eps(x_t, t, model(x_t, t))\n",
-         "        eps_hat = model(x_t, t)\n"
+        ("schedule.py", "        x0_hat = self.predict_x0_from_eps(x_t, t, eps_theta(x_t, t))\n",
+         "        eps_hat = eps_theta(x_t, t)\n"
          "        x0_hat = self.predict_x0_from_eps(x_t, t, eps_hat)\n"),
         ("schedule.py", "        mean, posterior_variance, _ = self.q_posterior(x0_hat, x_t, t)\n",
          "        mean, posterior_variance, _ = self.q_posterior(x0_hat, x_t, t)\n"
@@ -298,7 +298,7 @@ def test_a_copy_that_does_not_import_is_still_graded(results):
     blames no other."""
     grades, table = results["plants"]["broken"], rows(results["plants"]["broken"])
     line = next(i + 1 for i, text in enumerate((SOURCE / "schedule.py").read_text().splitlines())
-                if text.endswith("t, x0) * noise)"))
+                if text.endswith("t, x0) * eps)"))
     for n in (3, 4, 5, 6, 7, 12):
         assert table[n]["points"] == 0 and table[n]["status"].startswith(
             f"not collected: SyntaxError at schedule.py:{line}: unmatched ')'"), table[n]

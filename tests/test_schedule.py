@@ -225,7 +225,7 @@ def test_predict_x0_inverts_q_sample(sched, seed):
     eps = torch.randn(16, 3, generator=g, dtype=torch.float64)
     t = torch.randint(0, T, (16,), generator=g)
     t[0] = T - 1  # the noisiest step divides by the smallest sqrt(alpha_bar)
-    x_t = sched.q_sample(x0, t, noise=eps)
+    x_t = sched.q_sample(x0, t, eps=eps)
     # float64 rounding in x_t - sqrt(1 - alpha_bar) eps, amplified by the division by
     # sqrt(alpha_bar_t)
     bound = (8 * torch.finfo(torch.float64).eps * (1 + x_t.abs() + eps.abs())
@@ -511,7 +511,7 @@ def call(method, sched, dtype, device):
     eps, t = torch.randn_like(x0), torch.tensor([0, 7, 29], device=device)
     g = torch.Generator(device).manual_seed(0)
     if method == "q_sample":
-        return x0, dict(x_t=sched.q_sample(x0, t, noise=eps))
+        return x0, dict(x_t=sched.q_sample(x0, t, eps=eps))
     if method == "q_posterior":
         return x0, dict(zip(["mean", "variance", "log_variance"], sched.q_posterior(x0, eps, t)))
     if method == "p_sample":
@@ -548,7 +548,7 @@ def test_shape_dtype_device_pass_through(device, dtype):
     sched = Schedule("cosine", 30)
     x0 = torch.rand(3, 1, 5, 4, dtype=dtype, device=device) * 2 - 1
     eps, t = torch.randn_like(x0), torch.tensor([0, 7, 29], device=device)
-    x_t = sched.q_sample(x0, t, noise=eps)
+    x_t = sched.q_sample(x0, t, eps=eps)
     mean, var, log_var = sched.q_posterior(x0, x_t, t)
     outputs = [x_t, mean, sched.predict_x0_from_eps(x_t, t, eps),
                *sched.p_sample(toy_model, x_t, t)]
