@@ -190,7 +190,7 @@ def test_from_betas_matches_named_schedule():
 @settings(max_examples=15, deadline=None)
 @given(sched=stand_ins(max_T=1000), data=st.data(), seed=st.integers(0, 2 ** 31))
 def test_q_sample_statistics(sched, data, seed):
-    """Over many noise draws, x_t = q_sample(x_0, t, noise) has mean sqrt(alpha_bar_t) x_0 and
+    """Over many noise draws, x_t = q_sample(x_0, t, eps) has mean sqrt(alpha_bar_t) x_0 and
     variance 1 - alpha_bar_t (Eq. 4). Each row of the batch is one (t, x_0) pair with N draws."""
     pairs = data.draw(st.lists(st.tuples(st.integers(0, sched.T - 1), st.floats(-1, 1)),
                                min_size=1, max_size=4))

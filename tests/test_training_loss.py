@@ -53,9 +53,9 @@ class StandInSchedule:
     def __init__(self, T):
         self.T, self.calls = T, []
 
-    def q_sample(self, x0, t, noise):
-        self.calls.append((x0, t, noise))
-        return x0 + self.scale(t, x0) * noise
+    def q_sample(self, x0, t, eps):
+        self.calls.append((x0, t, eps))
+        return x0 + self.scale(t, x0) * eps
 
     @staticmethod
     def scale(t, x):
