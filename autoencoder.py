@@ -28,7 +28,6 @@ Trained once on MNIST's training digits and cached beside the data
 Next: unet.py's CrossAttention (how the U-Net reads a prompt), then part3_text_to_image.py, which
 joins captions, latents and cross-attention into a text-to-image model.
 """
-import argparse
 import math
 import sys
 import time
@@ -39,7 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from outputs import UserError, atomic_write, run_main, save_figure
+from outputs import UserError, arg_parser, check_output_file, check_writable, run_main, \
+    save_bytes, save_figure
 
 LATENT_CHANNELS = 3   # latent: (3, 8, 8)
 WIDTH = 16            # channels of the first conv; 32 after the first halving
@@ -140,11 +140,12 @@ def load_or_train(data_dir="data", log=print):
             raise UserError(f"{path} is not an autoencoder saved by autoencoder.py "
                             f"({type(e).__name__}); delete it to train a new one") from None
         return model.eval().requires_grad_(False)
+    check_writable(path.parent, "--data-dir")  # the cache can be saved: checked before training
     images, _, used = data.load("mnist", data_dir, train=True)
     log(f"no autoencoder at {path}: training one on the {len(images)} {used} training digits "
         f"({EPOCHS} epochs, seed {SEED})")
     model = train(images, log=log)
-    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    save_bytes(path, lambda f: torch.save(model.state_dict(), f))  # a full disk: one line
     log(f"saved to {path}")
     return model.requires_grad_(False)
 
@@ -158,12 +159,13 @@ def reconstruction_error(model, images, batch=1000):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Train (or load) the autoencoder of Part 3 and show "
-                                            "what it keeps of a digit.")
+    p = arg_parser(description="Train (or load) the autoencoder of Part 3 and show what it keeps "
+                               "of a digit.")
     p.add_argument("--data-dir", default="data",
                    help="MNIST, and the cached autoencoder (default data)")
     p.add_argument("--out", default="runs/autoencoder.png", help="the figure (default %(default)s)")
     args = p.parse_args(argv)
+    check_output_file(args.out)  # before minutes of training, not after
     model = load_or_train(args.data_dir)
     test, _, _ = data.load("mnist", args.data_dir, train=False)
     z = model.encode(test[:1000])

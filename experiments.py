@@ -41,7 +41,6 @@ def schedules_experiment(argv):
     import contextlib
     import inspect
     import io
-    import tempfile
     import time
     from pathlib import Path
 
@@ -50,7 +49,8 @@ def schedules_experiment(argv):
     import metrics
     import flags
     import part2_diffusion
-    from outputs import UserError, check_writable, save_json, settings
+    from outputs import UserError, check_writable, save_json, seed, settings
+    from runs import scratch
     from schedule import SCHEDULES
 
     p = arg_parser(prog="experiments.py schedules",
@@ -69,7 +69,7 @@ def schedules_experiment(argv):
     p.add_argument("--T", type=int, default=part2_diffusion.T,
                    help="diffusion steps (default 1000; fewer only for quick tests, at least 50)")
     p.add_argument("--data-dir", default="data", help="folder with MNIST and mnist-classifier.pt (default data)")
-    p.add_argument("--seed", type=int, default=0, help="the one seed of every run (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="the one seed of every run (default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--out", default="runs/experiments", help="folder for schedules.json and .png (default %(default)s)")
     args = p.parse_args(argv)
@@ -129,7 +129,7 @@ def schedules_experiment(argv):
               flush=True)
         return row
 
-    with tempfile.TemporaryDirectory(prefix="schedules-") as runs:
+    with scratch("schedules-") as runs:
         for name in schedules:
             run_dir = Path(runs) / name
             first = dict(runs=runs, name=name, dataset="mnist", schedule=name, T=args.T)
@@ -223,7 +223,6 @@ def gan_experiment(argv):
     import inspect
     import io
     import sys
-    import tempfile
     from pathlib import Path
 
     import numpy as np
@@ -233,15 +232,15 @@ def gan_experiment(argv):
     import metrics
     import flags
     import part2_diffusion
-    from runs import load_safely
-    from outputs import UserError, check_writable, save_json, settings
+    from runs import load_safely, scratch
+    from outputs import UserError, check_writable, minutes, save_json, seed, settings
 
     p = arg_parser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES,
+    p.add_argument("--minutes", type=minutes, default=part2_diffusion.MINUTES,
                    help=f"training minutes of every run, DDPM and DCGAN (default {part2_diffusion.MINUTES})")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="DCGAN seeds (default 0 1 2)")
-    p.add_argument("--ddpm-seeds", type=int, nargs="+", default=[0], help="DDPM seeds (default 0)")
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2], help="DCGAN seeds (default 0 1 2)")
+    p.add_argument("--ddpm-seeds", type=seed, nargs="+", default=[0], help="DDPM seeds (default 0)")
     p.add_argument("--n", type=int, default=1000, help="images per run to score (default 1000)")
     p.add_argument("--ddpm-n", type=int, default=64,
                    help="images to draw with the 1000-step DDPM sampler, for its cost (default 64; 0 skips it)")
@@ -274,7 +273,7 @@ def gan_experiment(argv):
 
     common = dict(minutes=args.minutes, data_dir=args.data_dir, device=str(device))
     quiet = contextlib.redirect_stdout(io.StringIO())  # their own summaries: the table says it all
-    with tempfile.TemporaryDirectory(prefix="gan-") as runs, quiet:
+    with scratch("gan-") as runs, quiet:
         for seed in args.ddpm_seeds:
             run_dir = Path(runs) / f"ddpm-seed{seed}"
             summary = part2_diffusion.run(settings(
@@ -452,7 +451,7 @@ def guidance_args(argv):
     import inspect
 
     import part3_text_to_image as part3
-    from outputs import UserError, finite_float
+    from outputs import UserError, finite_float, seed
     p = arg_parser(prog="experiments.py guidance", description=inspect.cleandoc(
         guidance_experiment.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/part3", help="the Part 3 run (default %(default)s)")
@@ -464,7 +463,7 @@ def guidance_args(argv):
                    help=f"DDIM steps (default {part3.SAMPLING_STEPS})")
     p.add_argument("--data-dir", default="data",
                    help="MNIST and mnist-classifier.pt (default data)")
-    p.add_argument("--seed", type=int, default=0, help="the seed of every scale (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="the seed of every scale (default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, ...")
     p.add_argument("--out", default="runs/experiments", help="folder for the results (%(default)s)")
     args = p.parse_args(argv)

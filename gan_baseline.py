@@ -34,8 +34,8 @@ import flags
 import metrics
 import plots
 import runs
-from outputs import HelpFormatter, UserError, arg_parser, finite_float, run_main, \
-    save_figure, save_json
+from outputs import HelpFormatter, UserError, arg_parser, minutes, run_main, save_figure, \
+    save_json
 
 # Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps).
 # WIDTH 32 runs ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in
@@ -94,7 +94,7 @@ def get_args(argv=None):
                    "digits are used instead, with a warning, as in part2_diffusion.py")
     p.add_argument("--steps", type=int, default=STEPS,
                    help="total steps (one D and one G update each)")
-    p.add_argument("--minutes", type=finite_float, default=MINUTES,
+    p.add_argument("--minutes", type=minutes, default=MINUTES,
                    help="stop training after this many minutes (the DDPM's default budget)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="real and fake images per step")
@@ -109,8 +109,9 @@ def check_args(args):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, "
                             f"got {getattr(args, flag)}")
-    if args.minutes <= 0:
-        raise UserError(f"--minutes must be positive, got {args.minutes}")
+    flags.check_budget(args)
+    flags.check_memory("--batch-size", args.batch_size, flags.TRAIN_BYTES / 10, "training batch")
+    flags.check_memory("--n", args.n, flags.SAMPLE_BYTES, "samples")
 
 
 def discriminator_step(D, opt_d, x, x_fake, real, fake):
