@@ -186,13 +186,20 @@ def test_sigterm_saves_and_stops_like_ctrl_c(sig, mnist_dir, tmp_path):
         deadline = time.time() + 90
         while "step 1/" not in log.read_text() and time.time() < deadline and p.poll() is None:
             time.sleep(0.2)  # until training has begun
-        p.send_signal(getattr(signal, sig))
-        p.wait(timeout=120)
+        try:  # a second process on the folder is refused while the first holds it (issue 25)
+            with pytest.raises(UserError, match=f"in use by another process \\(PID {p.pid}\\)"):
+                run(["--steps", "3", "--name", "t", "--overwrite"], mnist_dir, tmp_path / "runs")
+        finally:
+            p.send_signal(getattr(signal, sig))
+            p.wait(timeout=120)
     text = log.read_text()
     assert p.returncode == 128 + getattr(signal, sig), text
     assert "interrupted" in text and "--sample-from" in text and "Traceback" not in text
     assert torch.load(tmp_path / "runs" / "t" / "checkpoint.pt", weights_only=True)["step"] > 0
     assert not (tmp_path / "runs" / "t" / "samples.npy").exists()  # stopped: no minutes of sampling
+    step = torch.load(tmp_path / "runs" / "t" / "checkpoint.pt", weights_only=True)["step"]
+    run(["--steps", str(step + 1), "--resume", str(tmp_path / "runs" / "t"), *FAST_DRAW],
+        mnist_dir, tmp_path / "runs")  # its lock went with it: no stale lock
 
 
 def test_ctrl_c_in_training_saves_and_stops_without_sampling(mnist_dir, tmp_path, monkeypatch,
