@@ -406,12 +406,14 @@ def load_samples(path):
         raise UserError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes)")
-    try:
-        array = np.load(path, allow_pickle=False)
+    try:  # mapped first: a header that claims more images than the file holds fails here, unread
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError):
-        raise UserError(f"{path} is not an array saved by np.save (a .npy file)") from None
+        raise UserError(f"{path} is not an array saved by np.save (a .npy file), or is cut short")\
+            from None
     if not isinstance(array, np.ndarray):
         raise UserError(f"{path} holds several arrays (.npz); save the samples alone with np.save")
+    array = np.array(array)
     try:
         images = as_images(array)
     except ValueError as e:

@@ -42,7 +42,8 @@ class DiskFull(UserError):
 
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))   # EDQUOT: over the user's quota
-NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)                # a read-only folder or disk
+NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS,               # a read-only folder or disk,
+               errno.ENAMETOOLONG, errno.EFBIG)                       # a too long path, ulimit -f
 
 
 def atomic_write(path, write):
@@ -54,7 +55,7 @@ def atomic_write(path, write):
     kept.
     """
     path = Path(path)
-    if path.exists() and not path.is_file():  # a folder, /dev/stdout, a pipe: never replaced
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, /dev/stdout: never replaced
         raise UserError(f"{path} is not a regular file (a folder or a device); "
                         "give the path of a file to write")
     try:
@@ -187,7 +188,7 @@ def check_output_file(path, flag="--out"):
     """Before any work: `path` can be written (its folder is writable) and is a file, not a folder
     or a device such as /dev/stdout, which atomic_write would refuse only after the work."""
     path = Path(path)
-    if path.exists() and not path.is_file():
+    if os.path.exists(path) and not os.path.isfile(path):
         raise UserError(f"{flag} {path} is not a regular file (a folder or a device); give the "
                         "path of a file to write")
     check_writable(path.parent, flag)

@@ -2,7 +2,7 @@
 never share one; the checkpoints; and Run, the housekeeping of each training step.
 
     out, run = train_in_folder(args, "ddpm", fit)  # runs/ddpm, runs/ddpm-2, ... or --name/--resume
-    with Run(out, args, meta, nets, ckpt) as run:  # inside fit: resume, budget, Ctrl-C, checkpoints
+    with Run(out, args, meta, nets, ckpt) as run:  # inside fit: resume, budget, signals, saves
         while run.goes_on():
             ...one step of the algorithm...
             run.step_done(loss)
@@ -47,7 +47,7 @@ def claim_run_folder(args, prefix="ddpm"):
     With --overwrite an existing run's folder is taken instead; its files are removed only when the
     new run is ready to write its first one (clear_old_run), so a folder never mixes two runs."""
     check_name(args.name)
-    made = [] if Path(args.runs).exists() else [Path(args.runs)]
+    made = [] if os.path.exists(args.runs) else [Path(args.runs)]  # no error on a bad path
     runs = check_writable(args.runs, "--runs")
     name, k = args.name or prefix, 1
     while True:
@@ -71,7 +71,7 @@ def claim_run_folder(args, prefix="ddpm"):
             raise UserError(f"{folder} already exists; pass --overwrite to replace the run in it, "
                             "or choose another --name")
         holds_a_run = any((folder / f).exists() for f in ("config.json", "checkpoint.pt"))
-        if any(folder.iterdir()) and not holds_a_run:
+        if any(p.name != ".lock" for p in folder.iterdir()) and not holds_a_run:
             raise UserError(f"{folder} holds no run (no config.json or checkpoint.pt), so "
                             "--overwrite will not empty it; choose another --name")
         lock_folder(folder)
@@ -283,11 +283,15 @@ def build_model(model_config, state_dict, path):
 def train_in_folder(args, prefix, fit, loss_figure=None):
     """Train into --resume's folder (what a killed run left half-written removed first) or a new one
     claimed under --runs: fit(folder, overwrite) trains and returns its Run (or a tuple that starts
-    with it); then loss.png, and a line on how to go on if Ctrl-C or SIGTERM stopped it. Returns
+    with it); then loss.png, and a line on how to go on if a stop signal stopped it. Returns
     (folder, what fit returned). A run that fails before writing anything leaves no empty folder."""
     resume = getattr(args, "resume", None)  # the DCGAN has no --resume
     if not ddp.is_main():  # torchrun: only rank 0 touches the run folder
-        return None, fit(None, False)
+        result = fit(None, False)
+        run = result[0] if isinstance(result, tuple) else result
+        if run.stopped:
+            note_stop(run.stopped)
+        return None, result
     if resume:
         out, made = check_writable(resume, "--resume"), []
         lock_folder(out)
@@ -402,7 +406,7 @@ class Run:
     """Everything around the steps of a training loop, so that the loop itself is the algorithm:
 
         with Run(folder, args, meta, nets, ckpt) as run:
-            while run.goes_on():    # --steps and --minutes left, no Ctrl-C or SIGTERM (any rank)
+            while run.goes_on():    # --steps and --minutes left, no stop signal (any rank)
                 ...one step...
                 run.step_done(loss) # NaN guard, history, a checkpoint every --ckpt-every, progress
         # leaving the block normally saves the last checkpoint

@@ -4,6 +4,7 @@ each docstring lists the cases it covers. All in this process, on the tiny setti
 test_reliability.py; the processes of their own are there (SIGTERM, SIGHUP, a second process)."""
 import errno
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -406,3 +407,20 @@ def test_a_guided_divergence_names_guidance_and_folder_names_are_exact():
     assert name(get(["--guidance", "2.0000001"])) == "ddpm250-guidance2.0000001-n64-seed0"
     assert part3.sample_folder_name(part3.get_args(["--guidance", "3.00000001"])) == \
         "prompts-guidance3.00000001-ddim50-seed0"
+
+
+def test_impossible_files_and_paths_are_one_line(tmp_path, mnist_dir):
+    """A .npy whose header claims 10^12 images (the file holds 20), a --runs folder and an output
+    file with a name longer than the system allows: one line each. Before: MemoryError and
+    OSError(ENAMETOOLONG) tracebacks."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, dict(descr="<f4", fortran_order=False,
+                                                      shape=(10 ** 12, 1, 28, 28)))
+    (tmp_path / "big.npy").write_bytes(header.getvalue() + bytes(20 * 28 * 28 * 4))
+    with pytest.raises(UserError, match="cut short"):
+        metrics.main([str(tmp_path / "big.npy")])
+    with pytest.raises(UserError, match="cannot write"):
+        part2_diffusion.main([*TINY, "--data-dir", str(mnist_dir), "--runs",
+                              str(tmp_path / ("r" * 300)), "--steps", "1"])
+    with pytest.raises(UserError, match="cannot write"):
+        outputs.save_json(tmp_path / ("x" * 300 + ".json"), {})
