@@ -49,7 +49,7 @@ def schedules_experiment(argv):
     import metrics
     import flags
     import part2_diffusion
-    from outputs import UserError, check_writable, save_json, seed, settings
+    from outputs import MAX_MINUTES, UserError, check_writable, save_json, seed, settings
     from runs import scratch
     from schedule import SCHEDULES
 
@@ -135,7 +135,7 @@ def schedules_experiment(argv):
             first = dict(runs=runs, name=name, dataset="mnist", schedule=name, T=args.T)
             for k, steps in enumerate(measure_at):
                 row = measure(name, "training", **(dict(resume=str(run_dir)) if k else first),
-                              steps=steps, minutes=1e9,  # steps decide, never the clock
+                              steps=steps, minutes=MAX_MINUTES,  # steps decide, never the clock
                               sampler="ddim", sampling_steps=MEASURE_DDIM_STEPS)
                 if row["train_steps"] != steps:  # Ctrl-C ends a part2 run early: stop here too
                     raise UserError(f"training stopped at step {row['train_steps']} of {steps}; "
@@ -233,11 +233,11 @@ def gan_experiment(argv):
     import flags
     import part2_diffusion
     from runs import load_safely, scratch
-    from outputs import UserError, check_writable, minutes, save_json, seed, settings
+    from outputs import UserError, check_writable, finite_float, save_json, seed, settings
 
     p = arg_parser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=minutes, default=part2_diffusion.MINUTES,
+    p.add_argument("--minutes", type=finite_float, default=part2_diffusion.MINUTES,
                    help=f"training minutes of every run, DDPM and DCGAN (default {part2_diffusion.MINUTES})")
     p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2], help="DCGAN seeds (default 0 1 2)")
     p.add_argument("--ddpm-seeds", type=seed, nargs="+", default=[0], help="DDPM seeds (default 0)")
@@ -248,7 +248,8 @@ def gan_experiment(argv):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--out", default="runs/experiments", help="folder for gan.json and the figures (%(default)s)")
     args = p.parse_args(argv)
-    if args.minutes <= 0 or args.n <= metrics.K or 0 < args.ddpm_n <= metrics.K or args.ddpm_n < 0:
+    flags.check_budget(args)  # finite, positive, at most ten weeks: a budget that fires
+    if args.n <= metrics.K or 0 < args.ddpm_n <= metrics.K or args.ddpm_n < 0:
         raise UserError(f"--minutes must be positive, --n more than {metrics.K} and --ddpm-n 0 or more than "
                         f"{metrics.K} (precision and recall use k = {metrics.K}); got --minutes {args.minutes}, "
                         f"--n {args.n}, --ddpm-n {args.ddpm_n}")

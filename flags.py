@@ -16,7 +16,7 @@ import torch
 
 import data
 import ddp
-from outputs import UserError, finite_float, memory_bytes, minutes, pick_threads, seed
+from outputs import MAX_MINUTES, UserError, finite_float, memory_bytes, pick_threads, seed
 from schedule import MAX_T, SCHEDULES
 from unet import PRESETS, UNet
 
@@ -57,7 +57,7 @@ def training_group(p, steps, budget, batch_size, lr, ema, what="images"):
     g = p.add_argument_group("training (Algorithm 1)", "--resume and --sample-from keep the run's "
                                                        "own --batch-size, --lr and --ema")
     g.add_argument("--steps", type=int, default=steps, help="total optimiser steps to train for")
-    g.add_argument("--minutes", type=minutes, default=budget,
+    g.add_argument("--minutes", type=finite_float, default=budget,
                    help="stop training after this many minutes, even if --steps is not reached")
     g.add_argument("--batch-size", type=int, default=None,
                    help=f"{what} per optimiser step (default {batch_size})")
@@ -134,10 +134,12 @@ def check_memory(flag, count, each, what):
 
 
 def check_budget(args):
-    """--minutes finite and positive, also when a script sets it without the command line."""
+    """--minutes finite, positive and at most MAX_MINUTES (a budget that can fire), also when a
+    script sets it without the command line (outputs.settings)."""
     if not (isinstance(args.minutes, (int, float)) and math.isfinite(args.minutes)
-            and args.minutes > 0):
-        raise UserError(f"--minutes must be a positive number, got {args.minutes}")
+            and 0 < args.minutes <= MAX_MINUTES):
+        raise UserError(f"--minutes must be positive and at most {MAX_MINUTES} (about ten weeks), "
+                        f"got {args.minutes}")
 
 
 def check_training(args):

@@ -34,8 +34,8 @@ import flags
 import metrics
 import plots
 import runs
-from outputs import HelpFormatter, UserError, arg_parser, minutes, run_main, save_figure, \
-    save_json
+from outputs import HelpFormatter, UserError, arg_parser, finite_float, run_main, \
+    save_figure, save_json
 
 # Defaults, chosen by measurement (FID of 1000 samples, mean of seeds 0-2, same number of steps).
 # WIDTH 32 runs ~10 steps/s at batch 64 on one CPU thread, a 64-wide D ~5, both 64-wide ~3.5: in
@@ -94,7 +94,7 @@ def get_args(argv=None):
                    "digits are used instead, with a warning, as in part2_diffusion.py")
     p.add_argument("--steps", type=int, default=STEPS,
                    help="total steps (one D and one G update each)")
-    p.add_argument("--minutes", type=minutes, default=MINUTES,
+    p.add_argument("--minutes", type=finite_float, default=MINUTES,
                    help="stop training after this many minutes (the DDPM's default budget)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="real and fake images per step")

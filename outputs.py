@@ -242,14 +242,6 @@ def finite_float(text):
 MAX_MINUTES = 100_000  # about ten weeks: a budget beyond it is a typo, and would never fire
 
 
-def minutes(text):
-    """argparse type for budget flags (--minutes): finite, positive and at most MAX_MINUTES."""
-    value = finite_float(text)
-    if not 0 < value <= MAX_MINUTES:
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_MINUTES}] minutes, got {text!r}")
-    return value
-
-
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed's limit
 
 
@@ -423,6 +415,11 @@ def run_main(main):
         end_progress()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(128 + _stopped_by[0] if _stopped_by else 2)
+    except MemoryError:  # ulimit -v, or a request the checks could not foresee
+        end_progress()
+        print("error: out of memory; use a smaller --batch-size or --n, or free some memory",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         end_progress()
         print("interrupted", file=sys.stderr)

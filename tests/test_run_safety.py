@@ -424,3 +424,12 @@ def test_impossible_files_and_paths_are_one_line(tmp_path, mnist_dir):
                               str(tmp_path / ("r" * 300)), "--steps", "1"])
     with pytest.raises(UserError, match="cannot write"):
         outputs.save_json(tmp_path / ("x" * 300 + ".json"), {})
+
+
+def test_running_out_of_memory_is_one_line(capsys):
+    """ulimit -v, or an allocation no check foresaw: MemoryError is one line and exit 2, not a
+    traceback."""
+    def main():
+        raise MemoryError
+    assert exits(main, capsys) == (2, ["error: out of memory; use a smaller --batch-size or --n, "
+                                       "or free some memory"])
