@@ -312,10 +312,12 @@ def train_in_folder(args, prefix, fit, loss_figure=None):
         note_stop(run.stopped)  # run_main's exit status: 128 + the signal
         if any(Path(out).resolve().is_relative_to(folder) for folder in _scratch):
             print(f"interrupted at step {run.step}", file=sys.stderr)  # its folder goes too
-        else:
+        elif hasattr(args, "resume"):
             print(f"interrupted: checkpoint saved at step {run.step} in {out}; continue "
                   f"training with --resume {out}, or draw samples with --sample-from {out}",
                   file=sys.stderr)
+        else:  # the DCGAN: no --resume, no --sample-from
+            print(f"interrupted: checkpoint saved at step {run.step} in {out}", file=sys.stderr)
     return out, result
 
 

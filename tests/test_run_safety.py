@@ -80,8 +80,8 @@ def test_a_stop_signal_saves_the_run_and_exits_128_plus_its_number(which, sig, p
     """Part 2, Part 3 and the DCGAN, each with SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closing
     terminal) during training, and with SIGHUP during the final save: the checkpoint is whole under
     its own name, nothing is sampled, and the exit status is 128 + the signal (130, 143, 129).
-    Before: exit 0; SIGHUP killed the process with nothing saved; the GAN lost its training; a
-    signal during the last save cut it, leaving only a hidden temporary file."""
+    Before: exit 0; SIGHUP killed the process with nothing saved; the GAN offered a --resume it
+    does not have; a signal during the last save cut it, leaving only a hidden temporary file."""
     signum = getattr(signal, sig)
     if phase == "training":  # the signal arrives after the second step
         real = runs.Run.step_done
@@ -103,6 +103,7 @@ def test_a_stop_signal_saves_the_run_and_exits_128_plus_its_number(which, sig, p
     status, lines = exits(script(which, mnist_dir, tmp_path, "--steps", steps), capsys)
     assert status == 128 + signum, lines
     assert lines[-1].startswith("interrupted: checkpoint saved at step 2"), lines
+    assert ("--resume" in lines[-1]) == (which != "gan")  # the DCGAN has no --resume to offer
     ckpt = runs.load_safely(tmp_path / "s" / "checkpoint.pt")
     assert ckpt["step"] == 2
     history = ckpt["history"]
