@@ -138,11 +138,14 @@ def lock_folder(folder):
         raise UserError(f"cannot lock {folder} ({e.strerror}); choose a writable place") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held: by another process, or by another open file of this one
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise UserError(f"{folder} is in use by another process (PID {holder}); wait for it to "
                         "end, or stop it, before starting another here") from None
+    except OSError:  # a file system without locks (some network disks): go on unlocked
+        os.close(fd)
+        return
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _locks[key] = fd
