@@ -237,7 +237,7 @@ def test_a_name_is_one_folder_under_runs(name, mnist_dir, tmp_path):
 
 def test_no_run_or_draw_is_written_through_a_symbolic_link(copy, mnist_dir, tmp_path):
     """--overwrite of a run name that is a symbolic link to another run; --sample-from of a run
-    whose samples/ is a symbolic link out of it; outputs onto a device (/dev/null) or a folder.
+    whose samples/ is a symbolic link out of it; outputs onto a device (a pipe) or a folder.
     Each is refused, and the target is untouched. Before: the linked run was emptied and replaced,
     the draw landed outside the run, and a device path was replaced by a file when run as root."""
     elsewhere = tmp_path / "elsewhere"
@@ -254,12 +254,14 @@ def test_no_run_or_draw_is_written_through_a_symbolic_link(copy, mnist_dir, tmp_
     with pytest.raises(UserError, match="symbolic link"):
         part2_diffusion.main(["--sample-from", str(copy), *FAST_DRAW, "--n", "4"])
     assert not list(outside.iterdir())
-    for target in [os.devnull, str(tmp_path)]:
+    device = tmp_path / "pipe"  # a named pipe stands in for /dev/stdout: never a real device here
+    os.mkfifo(device)
+    for target in [str(device), str(tmp_path)]:
         with pytest.raises(UserError, match="not a regular file"):
             outputs.atomic_write(target, lambda tmp: Path(tmp).write_text("x"))
         with pytest.raises(UserError, match="not a regular file"):
             metrics.main([str(tmp_path / "x.npy"), "--json", target])
-    assert Path(os.devnull).is_char_device()
+    assert device.is_fifo()
 
 
 # --- 7. budgets that fire -------------------------------------------------------------------------
