@@ -39,8 +39,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from outputs import (Progress, UserError, arg_parser, atomic_write, finite_float, run_main,
-                     save_figure)
+import flags
+from outputs import (Progress, UserError, arg_parser, check_output_file, check_writable,
+                     finite_float, run_main, save_bytes, save_figure)
 
 LATENT_CHANNELS = 3   # latent: (3, 8, 8)
 WIDTH = 16            # channels of the first conv; 32 after the first halving
@@ -154,11 +155,12 @@ def load_or_train(data_dir="data", log=print, minutes=None):
             raise UserError(f"{path} is not an autoencoder saved by autoencoder.py "
                             f"({type(e).__name__}); delete it to train a new one") from None
         return model.eval().requires_grad_(False)
+    check_writable(path.parent, "--data-dir")  # the cache can be saved: checked before training
     images, _, used = data.load("mnist", data_dir, train=True)
     log(f"no autoencoder at {path}: training one on the {len(images)} {used} training digits "
         f"({EPOCHS} epochs, seed {SEED})")
     model = train(images, log=log, minutes=minutes)
-    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    save_bytes(path, lambda f: torch.save(model.state_dict(), f))  # a full disk: one line
     log(f"saved to {path}")
     return model.requires_grad_(False)
 
@@ -181,8 +183,9 @@ def main(argv=None):
                    help="train for at most M minutes (default: the full "
                         f"{EPOCHS} epochs); a cached autoencoder is loaded, not trained")
     args = p.parse_args(argv)
-    if args.minutes is not None and args.minutes <= 0:
-        raise UserError(f"--minutes must be a positive number of minutes; got {args.minutes:g}")
+    if args.minutes is not None:
+        flags.check_budget(args)
+    check_output_file(args.out)  # before minutes of training, not after
     model = load_or_train(args.data_dir, minutes=args.minutes)
     test, _, _ = data.load("mnist", args.data_dir, train=False)
     z = model.encode(test[:1000])

@@ -34,7 +34,6 @@ cross-attention (unet.py).
 
 Next: autoencoder.py, the latent space.
 """
-import argparse
 import random
 
 import numpy as np
@@ -42,7 +41,7 @@ import torch
 import torch.nn as nn
 
 import data
-from outputs import UserError, run_main, save_figure
+from outputs import UserError, arg_parser, check_output_file, run_main, save_figure
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 THIN, THICK = 1.6, 2.3               # stroke width in pixels
@@ -159,11 +158,12 @@ class TextEncoder(nn.Module):
 # --- the figure -----------------------------------------------------------------------------------
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Show MNIST digits with the captions made for them.")
+    p = arg_parser(description="Show MNIST digits with the captions made for them.")
     p.add_argument("--data-dir", default="data", help="where MNIST is (see data.py; default data)")
     p.add_argument("--out", default="runs/captions.png",
                    help="the PNG to write (default %(default)s)")
     args = p.parse_args(argv)
+    check_output_file(args.out)  # before the work, not after
     images, labels, used = data.load("mnist", args.data_dir, train=True)
     width, slant = measure(images)
     n = len(images)

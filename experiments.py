@@ -41,7 +41,6 @@ def schedules_experiment(argv):
     import contextlib
     import inspect
     import io
-    import tempfile
     import time
     from pathlib import Path
 
@@ -50,7 +49,8 @@ def schedules_experiment(argv):
     import metrics
     import flags
     import part2_diffusion
-    from outputs import UserError, check_writable, save_json, settings
+    from outputs import MAX_MINUTES, UserError, check_writable, save_json, seed, settings
+    from runs import scratch
     from schedule import SCHEDULES
 
     p = arg_parser(prog="experiments.py schedules",
@@ -69,7 +69,7 @@ def schedules_experiment(argv):
     p.add_argument("--T", type=int, default=part2_diffusion.T,
                    help="diffusion steps (default 1000; fewer only for quick tests, at least 50)")
     p.add_argument("--data-dir", default="data", help="folder with MNIST and mnist-classifier.pt (default data)")
-    p.add_argument("--seed", type=int, default=0, help="the one seed of every run (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="the one seed of every run (default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--out", default="runs/experiments", help="folder for schedules.json and .png (default %(default)s)")
     args = p.parse_args(argv)
@@ -129,13 +129,13 @@ def schedules_experiment(argv):
               flush=True)
         return row
 
-    with tempfile.TemporaryDirectory(prefix="schedules-") as runs:
+    with scratch("schedules-") as runs:
         for name in schedules:
             run_dir = Path(runs) / name
             first = dict(runs=runs, name=name, dataset="mnist", schedule=name, T=args.T)
             for k, steps in enumerate(measure_at):
                 row = measure(name, "training", **(dict(resume=str(run_dir)) if k else first),
-                              steps=steps, minutes=1e9,  # steps decide, never the clock
+                              steps=steps, minutes=MAX_MINUTES,  # steps decide, never the clock
                               sampler="ddim", sampling_steps=MEASURE_DDIM_STEPS)
                 if row["train_steps"] != steps:  # Ctrl-C ends a part2 run early: stop here too
                     raise UserError(f"training stopped at step {row['train_steps']} of {steps}; "
@@ -223,7 +223,6 @@ def gan_experiment(argv):
     import inspect
     import io
     import sys
-    import tempfile
     from pathlib import Path
 
     import numpy as np
@@ -233,15 +232,15 @@ def gan_experiment(argv):
     import metrics
     import flags
     import part2_diffusion
-    from runs import load_safely
-    from outputs import UserError, check_writable, save_json, settings
+    from runs import load_safely, scratch
+    from outputs import UserError, check_writable, finite_float, save_json, seed, settings
 
     p = arg_parser(prog="experiments.py gan", description=inspect.cleandoc(gan_experiment.__doc__),
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=part2_diffusion.MINUTES,
+    p.add_argument("--minutes", type=finite_float, default=part2_diffusion.MINUTES,
                    help=f"training minutes of every run, DDPM and DCGAN (default {part2_diffusion.MINUTES})")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="DCGAN seeds (default 0 1 2)")
-    p.add_argument("--ddpm-seeds", type=int, nargs="+", default=[0], help="DDPM seeds (default 0)")
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2], help="DCGAN seeds (default 0 1 2)")
+    p.add_argument("--ddpm-seeds", type=seed, nargs="+", default=[0], help="DDPM seeds (default 0)")
     p.add_argument("--n", type=int, default=1000, help="images per run to score (default 1000)")
     p.add_argument("--ddpm-n", type=int, default=64,
                    help="images to draw with the 1000-step DDPM sampler, for its cost (default 64; 0 skips it)")
@@ -249,7 +248,8 @@ def gan_experiment(argv):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--out", default="runs/experiments", help="folder for gan.json and the figures (%(default)s)")
     args = p.parse_args(argv)
-    if args.minutes <= 0 or args.n <= metrics.K or 0 < args.ddpm_n <= metrics.K or args.ddpm_n < 0:
+    flags.check_budget(args)  # finite, positive, at most ten weeks: a budget that fires
+    if args.n <= metrics.K or 0 < args.ddpm_n <= metrics.K or args.ddpm_n < 0:
         raise UserError(f"--minutes must be positive, --n more than {metrics.K} and --ddpm-n 0 or more than "
                         f"{metrics.K} (precision and recall use k = {metrics.K}); got --minutes {args.minutes}, "
                         f"--n {args.n}, --ddpm-n {args.ddpm_n}")
@@ -274,7 +274,7 @@ def gan_experiment(argv):
 
     common = dict(minutes=args.minutes, data_dir=args.data_dir, device=str(device))
     quiet = contextlib.redirect_stdout(io.StringIO())  # their own summaries: the table says it all
-    with tempfile.TemporaryDirectory(prefix="gan-") as runs, quiet:
+    with scratch("gan-") as runs, quiet:
         for seed in args.ddpm_seeds:
             run_dir = Path(runs) / f"ddpm-seed{seed}"
             summary = part2_diffusion.run(settings(
@@ -452,7 +452,7 @@ def guidance_args(argv):
     import inspect
 
     import part3_text_to_image as part3
-    from outputs import UserError, finite_float
+    from outputs import UserError, finite_float, seed
     p = arg_parser(prog="experiments.py guidance", description=inspect.cleandoc(
         guidance_experiment.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/part3", help="the Part 3 run (default %(default)s)")
@@ -464,7 +464,7 @@ def guidance_args(argv):
                    help=f"DDIM steps (default {part3.SAMPLING_STEPS})")
     p.add_argument("--data-dir", default="data",
                    help="MNIST and mnist-classifier.pt (default data)")
-    p.add_argument("--seed", type=int, default=0, help="the seed of every scale (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="the seed of every scale (default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, ...")
     p.add_argument("--out", default="runs/experiments", help="folder for the results (%(default)s)")
     args = p.parse_args(argv)

@@ -9,11 +9,14 @@ flags settled against its checkpoint, the device, and the names of sample folder
 Each script passes its own defaults; this file imports no script. A student can skip it: it is
 housekeeping, not diffusion.
 """
+import math
+import re
+
 import torch
 
 import data
 import ddp
-from outputs import UserError, finite_float, pick_threads
+from outputs import MAX_MINUTES, UserError, finite_float, memory_bytes, pick_threads, seed
 from schedule import MAX_T, SCHEDULES
 from unet import PRESETS, UNet
 
@@ -48,13 +51,13 @@ def model_group(p, preset, schedule, T, p_uncond):
                         "network also learns the unconditional eps (classifier-free guidance; "
                         f"default {p_uncond})")
 
-def training_group(p, steps, minutes, batch_size, lr, ema, what="images"):
+def training_group(p, steps, budget, batch_size, lr, ema, what="images"):
     """--steps, --minutes, --batch-size, --lr, --ema, --ckpt-every and --resume. The flags that
     define a run (--batch-size, --lr, --ema) default to None here: settle fills them in."""
     g = p.add_argument_group("training (Algorithm 1)", "--resume and --sample-from keep the run's "
                                                        "own --batch-size, --lr and --ema")
     g.add_argument("--steps", type=int, default=steps, help="total optimiser steps to train for")
-    g.add_argument("--minutes", type=finite_float, default=minutes,
+    g.add_argument("--minutes", type=finite_float, default=budget,
                    help="stop training after this many minutes, even if --steps is not reached")
     g.add_argument("--batch-size", type=int, default=None,
                    help=f"{what} per optimiser step (default {batch_size})")
@@ -100,7 +103,7 @@ def run_group(p, prefix, seed_help="seed for weights, batches, noise and samples
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run in an existing folder (its files are removed when the new "
                         "run starts)")
-    g.add_argument("--seed", type=int, default=0, help=seed_help)
+    g.add_argument("--seed", type=seed, default=0, help=seed_help)
     g.add_argument("--device", default="auto",
                    help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     return g
@@ -115,11 +118,38 @@ def check_counts(args, names):
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
 
 
+# Rough memory of one image: a training image's activations and gradients in the "cpu" U-Net
+# (~2 MB at 28 x 28), and a drawn image kept with its float copies (samples, trajectory, scores).
+TRAIN_BYTES, SAMPLE_BYTES = 2e6, 3e4
+
+
+def check_memory(flag, count, each, what):
+    """Refuse a --batch-size or --n that could never fit in this machine's memory, with the
+    estimate."""
+    memory = memory_bytes()
+    if count is not None and memory and count * each > memory:
+        raise UserError(f"{flag} {count} needs about {count * each / 1e9:.3g} GB of memory for "
+                        f"its {what}, more than this machine's {memory / 1e9:.0f} GB; use a "
+                        f"smaller {flag}")
+
+
+def check_budget(args):
+    """--minutes finite, positive and at most MAX_MINUTES (a budget that can fire), also when a
+    script sets it without the command line (outputs.settings)."""
+    if not (isinstance(args.minutes, (int, float)) and math.isfinite(args.minutes)
+            and 0 < args.minutes <= MAX_MINUTES):
+        raise UserError(f"--minutes must be positive and at most {MAX_MINUTES} (about ten weeks), "
+                        f"got {args.minutes}")
+
+
 def check_training(args):
     """The training flags of training_group (and --p-uncond, --sample-from where a script has them).
     Float flags are finite by now: finite_float refuses NaN and infinity as the line is read."""
     check_counts(args, ("steps", "batch_size", "ckpt_every", "n", "sampling_steps"))
-    if args.minutes <= 0 or (args.lr is not None and args.lr <= 0):
+    check_budget(args)
+    check_memory("--batch-size", args.batch_size, TRAIN_BYTES, "training batch")
+    check_memory("--n", getattr(args, "n", None), SAMPLE_BYTES, "samples")
+    if args.lr is not None and args.lr <= 0:
         raise UserError("--minutes and --lr must be positive")
     if args.ema is not None and not 0 <= args.ema < 1:
         raise UserError(f"--ema must be in [0, 1), got {args.ema}")
@@ -219,10 +249,13 @@ def pick_device(name, threads=True):
         else:
             device = torch.device("cpu")
     else:
+        if not re.fullmatch(r"cpu|(cuda|mps)(:\d+)?", name):
+            raise UserError(f"--device {name!r} is not a device this lab knows; give auto, cpu, "
+                            "cuda (or cuda:N) or mps")
         try:
             device = torch.device(name)
             torch.empty(1, device=device)
-        except (RuntimeError, AssertionError) as e:
+        except Exception as e:  # noqa: BLE001 - any failure here means: not usable
             raise UserError(f"--device {name} is not usable here ({str(e).splitlines()[0]}); "
                             "try --device cpu")
     if device.type == "cpu" and threads:
@@ -265,15 +298,24 @@ def sample_folder_name(args, sampling_steps):
     every_step = args.sampler == "ddpm" and steps == args.T
     parts = [args.sampler + ("" if every_step else str(steps))]
     if args.sampler == "ddim" and args.eta != 0:
-        parts.append(f"eta{args.eta:g}")
+        parts.append(f"eta{exact(args.eta)}")
     if args.labels:
         parts.append("labels" + "-".join(map(str, args.labels)))
     if args.guidance is not None:
-        parts.append(f"guidance{args.guidance:g}")
+        parts.append(f"guidance{exact(args.guidance)}")
     return folder_name(parts, args.n, args.seed)
+
+
+def exact(value):
+    """A float as a folder name gives it: short (2, 0.5) where that is exact, else every digit
+    (0.30000001), so that two different values never share a folder."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def folder_name(parts, n, seed):
     """The folder under samples/ for a --sample-from draw: every flag that changes the samples,
-    then n and the seed, so two different draws never share a folder."""
+    then n and the seed, so two different draws never share a folder. parts: strings, or (name,
+    float) pairs, which give name + exact(float)."""
+    parts = [p if isinstance(p, str) else p[0] + exact(p[1]) for p in parts]
     return "-".join([*parts, *([] if n is None else [f"n{n}"]), f"seed{seed}"])

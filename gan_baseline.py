@@ -109,8 +109,9 @@ def check_args(args):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, "
                             f"got {getattr(args, flag)}")
-    if args.minutes <= 0:
-        raise UserError(f"--minutes must be positive, got {args.minutes}")
+    flags.check_budget(args)
+    flags.check_memory("--batch-size", args.batch_size, flags.TRAIN_BYTES / 10, "training batch")
+    flags.check_memory("--n", args.n, flags.SAMPLE_BYTES, "samples")
 
 
 def discriminator_step(D, opt_d, x, x_fake, real, fake):

@@ -57,7 +57,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from outputs import UserError, arg_parser, atomic_write, check_writable, run_main, save_json
+from outputs import UserError, arg_parser, check_output_file, check_writable, run_main, \
+    save_bytes, save_json
 
 # The classifier learns from train[:50000]; train[50000:] is held out (the classic 50k/10k split),
 # so the calibration's "real" row uses digits that neither the classifier nor the FID reference has
@@ -180,7 +181,7 @@ def load_or_train_classifier(data_dir="data", path=None, log=print):
     model = train_classifier(train_x[:n], train_y[:n], log=log)
     info = {"trained_on": f"MNIST train[:{n}] from {data_dir}, {EPOCHS} epochs, seed {SEED}",
             "n_train": n, "test_accuracy": accuracy(model, test_x, test_y), "n_test": len(test_x)}
-    atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), **info}, tmp))
+    save_bytes(path, lambda f: torch.save({"state_dict": model.state_dict(), **info}, f))
     log(f"classifier test accuracy: {info['test_accuracy']:.2%} on {info['n_test']} MNIST test "
         f"digits; saved to {path}")
     return model, info
@@ -405,12 +406,14 @@ def load_samples(path):
         raise UserError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes)")
-    try:
-        array = np.load(path, allow_pickle=False)
+    try:  # mapped first: a header that claims more images than the file holds fails here, unread
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError):
-        raise UserError(f"{path} is not an array saved by np.save (a .npy file)") from None
+        raise UserError(f"{path} is not an array saved by np.save (a .npy file), or is cut short")\
+            from None
     if not isinstance(array, np.ndarray):
         raise UserError(f"{path} holds several arrays (.npz); save the samples alone with np.save")
+    array = np.array(array)
     try:
         images = as_images(array)
     except ValueError as e:
@@ -457,7 +460,7 @@ def main(argv=None):
         raise UserError(f"--n must be at least {K + 1} (precision and recall use k = {K}); "
                         f"got {args.n}")
     if args.json:
-        check_writable(Path(args.json).parent, "--json")
+        check_output_file(args.json, "--json")
     samples = None if args.calibrate else load_samples(args.samples)
 
     classifier, _ = load_or_train_classifier(args.data_dir, args.classifier)

@@ -11,15 +11,22 @@ normally. Every script builds its command line with `arg_parser`: a bad flag is 
 """
 import argparse
 import errno
+import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX: the run-folder lock; elsewhere folders go unlocked
+except ImportError:
+    fcntl = None
 
 
 _UMASK = os.umask(0)
@@ -35,7 +42,8 @@ class DiskFull(UserError):
 
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))   # EDQUOT: over the user's quota
-NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)                # a read-only folder or disk
+NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS,               # a read-only folder or disk,
+               errno.ENAMETOOLONG, errno.EFBIG)                       # a too long path, ulimit -f
 
 
 def atomic_write(path, write):
@@ -47,6 +55,9 @@ def atomic_write(path, write):
     kept.
     """
     path = Path(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, /dev/stdout: never replaced
+        raise UserError(f"{path} is not a regular file (a folder or a device); "
+                        "give the path of a file to write")
     try:
         _write_then_rename(path, write)
     except OSError as e:
@@ -83,12 +94,67 @@ def _write_then_rename(path, write):
         raise
 
 
-def remove_orphans(folder):
+def save_bytes(path, dump):
+    """atomic_write of what dump(file) writes (torch.save, np.save), serialised in memory first and
+    then written from Python: a full disk then raises OSError(ENOSPC), which atomic_write reports in
+    one line (torch's own writer would raise a RuntimeError)."""
+    def write(tmp):
+        buffer = io.BytesIO()
+        dump(buffer)
+        Path(tmp).write_bytes(buffer.getbuffer())
+    atomic_write(path, write)
+
+
+_ORPHAN = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]+\.tmp(?P<suffix>\.[A-Za-z0-9]+)?")
+
+
+def remove_orphans(folder, names):
     """Delete the temporary files that a writer killed outright (kill -9, a crash) left in `folder`.
-    Only atomic_write's own names match: .<stem>.<random>.tmp<suffix>."""
+    Only atomic_write's own names of the files in `names` (what the lab writes there) match:
+    .<stem>.<random>.tmp<suffix>; a file of yours with a similar name is left alone. Call it
+    holding the folder's lock (lock_folder), so that no other process is writing them."""
     for tmp in Path(folder).glob(".*.tmp*"):
-        if tmp.is_file():
+        m = _ORPHAN.fullmatch(tmp.name)
+        if m and m["stem"] + (m["suffix"] or "") in names and tmp.is_file() \
+                and not tmp.is_symlink():
             tmp.unlink(missing_ok=True)
+
+
+_locks = {}  # folder -> the open lock file this process holds
+
+
+def lock_folder(folder):
+    """Take `folder`'s exclusive lock (an OS lock on folder/.lock, released by the kernel when this
+    process ends, even by kill -9), so that two processes never write one run folder; another
+    process holding it is refused in one line naming its PID. Held until release_locks (run_main
+    calls it at the end); taking a lock this process holds already is a no-op."""
+    folder = Path(folder)
+    key = os.path.realpath(folder)
+    if fcntl is None or key in _locks:
+        return
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise UserError(f"cannot lock {folder} ({e.strerror}); choose a writable place") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # held: by another process, or by another open file of this one
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{folder} is in use by another process (PID {holder}); wait for it to "
+                        "end, or stop it, before starting another here") from None
+    except OSError:  # a file system without locks (some network disks): go on unlocked
+        os.close(fd)
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _locks[key] = fd
+
+
+def release_locks():
+    """Let go of every folder this process locked."""
+    while _locks:
+        os.close(_locks.popitem()[1])
 
 
 def save_json(path, obj):
@@ -121,6 +187,17 @@ def check_writable(folder, flag="--out"):
     return folder
 
 
+def check_output_file(path, flag="--out"):
+    """Before any work: `path` can be written (its folder is writable) and is a file, not a folder
+    or a device such as /dev/stdout, which atomic_write would refuse only after the work."""
+    path = Path(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"{flag} {path} is not a regular file (a folder or a device); give the "
+                        "path of a file to write")
+    check_writable(path.parent, flag)
+    return path
+
+
 def arg_parser(**kwargs):
     """An argparse.ArgumentParser whose own complaints (an invalid choice, a missing value, an
     unknown flag) are UserErrors: one line and exit 2 like any other mistake, not a usage block."""
@@ -129,7 +206,28 @@ def arg_parser(**kwargs):
     def fail(message):
         raise UserError(message)
     parser.error = fail
+    parse = parser.parse_args
+
+    def parse_args(args=None, namespace=None):
+        parsed = parse(args, namespace)
+        refuse_empty(parser, parsed)
+        return parsed
+    parser.parse_args = parse_args
     return parser
+
+
+MAY_BE_EMPTY = {"prompt"}  # Part 3's --prompt "": the empty prompt, on purpose
+
+
+def refuse_empty(parser, args):
+    """An empty value (an unset shell variable: --resume "$RUN") is refused rather than read as
+    "not given" or as the current folder."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.option_strings and action.dest not in MAY_BE_EMPTY and \
+                isinstance(value, str) and not value.strip():
+            raise UserError(f"{action.option_strings[-1]} is empty (an unset shell variable?); "
+                            "give it a value, or leave the flag out")
 
 
 def finite_float(text):
@@ -142,6 +240,31 @@ def finite_float(text):
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
+
+
+MAX_MINUTES = 100_000  # about ten weeks: a budget beyond it is a typo, and would never fire
+
+
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed's limit
+
+
+def seed(text):
+    """argparse type for --seed: an integer in 0..2**63 - 1, the range torch accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..2**63 - 1, got {text}")
+    return value
+
+
+def memory_bytes():
+    """This machine's memory in bytes (None where it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def settings(get_args, **flags):
@@ -262,27 +385,52 @@ class Progress:
         end_progress()
 
 
-def _sigterm(signum, frame):
+# Every signal that ends a process asks it to stop: Ctrl-C, kill/docker stop/SLURM, and SIGHUP,
+# which a closing terminal or a dropped ssh session sends (Windows has no SIGHUP).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+_stopped_by = []  # the signal that stopped this script's work, once one has
+
+
+def note_stop(signum):
+    """A stop signal ended the work (a training saved its checkpoint and stopped): run_main then
+    exits with 128 + its number, so that `python part2_diffusion.py && ...` does not carry on."""
+    _stopped_by.append(int(signum))
+
+
+def _stop(signum, frame):
+    note_stop(signum)
     raise KeyboardInterrupt
 
 
 def run_main(main):
     """Run `main()`; turn a UserError into 'error: ...' on stderr and exit status 2.
 
-    SIGTERM (from `kill`, `docker stop`, SLURM, a closing terminal) is treated like Ctrl-C: either
-    ends the script with one line and exit status 130 (128 + SIGINT), not a traceback. atomic_write
-    never leaves half a file behind; a script that can save its work first (training) catches both
-    itself."""
-    old = signal.signal(signal.SIGTERM, _sigterm)
+    SIGTERM (from `kill`, `docker stop`, SLURM) and SIGHUP (a closing terminal) are treated like
+    Ctrl-C: each ends the script with one line and exit status 128 + the signal's number (130
+    Ctrl-C, 143 SIGTERM, 129 SIGHUP), not a traceback. atomic_write never leaves half a file
+    behind; a script that can save its work first (training) catches them itself, saves, and
+    still ends with that status (note_stop). The folders it locked are let go of at the end."""
+    del _stopped_by[:]
+    old = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
     try:
         main()
     except UserError as e:
         end_progress()
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(128 + _stopped_by[0] if _stopped_by else 2)
+    except MemoryError:  # ulimit -v, or a request the checks could not foresee
+        end_progress()
+        print("error: out of memory; use a smaller --batch-size or --n, or free some memory",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         end_progress()
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + (_stopped_by[0] if _stopped_by else signal.SIGINT))
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        release_locks()
+    if _stopped_by:
+        sys.exit(128 + _stopped_by[0])

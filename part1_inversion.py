@@ -34,7 +34,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from outputs import UserError, arg_parser, check_writable, run_main, save_figure, save_json
+from outputs import UserError, arg_parser, check_writable, run_main, save_figure, save_json, \
+    seed
 from part1_spline_start import (init_weights, least_squares, place_kinks, revive_dead_units,
                                 spline_start)
 
@@ -352,7 +353,7 @@ def get_args(argv):
                         help="fit (default): learn arcsin and score it; outside: predict for y in "
                              "[-2, 2]; non-invertible: train on x in [-pi, pi]; capacity: hidden "
                              "(3,3), (8,8), (32,32)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed for the data and the training (default 0)")
     parser.add_argument("--out", default="runs/part1",
                         help="folder for figures and JSON (default runs/part1)")

@@ -167,7 +167,7 @@ def sample(model, sched, meta, args, device, make_eps_theta=eps_theta):
         net = make_eps_theta(model, meta, args, labels[i:i + b] if meta["conditional"] else None)
 
         def eps_fn(x_t, t, net=net):  # one network call a sampling step
-            eps_hat = runs.finite(net(x_t, t))
+            eps_hat = runs.finite(net(x_t, t), args.guidance)
             meter.tick()
             return eps_hat
         kw = dict(generator=gen, device=device, record=record if i == 0 else ())

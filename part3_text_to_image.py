@@ -284,7 +284,7 @@ def generate(model, ae, sched, prompts, guidance, steps, seed, device):
         guided = classifier_free_guidance(model, y, guidance, null_label=empty.expand_as(y))
 
         def eps_fn(z_t, t, guided=guided):
-            eps_hat = runs.finite(guided(z_t, t))
+            eps_hat = runs.finite(guided(z_t, t), guidance)
             meter.tick()
             return eps_hat
         z0, _ = sched.ddim_sample_loop(eps_fn, (len(y), *LATENT), steps=steps, generator=gen,
@@ -367,7 +367,7 @@ def sample_folder_name(args):
     prompts-guidance3-ddim50-seed0, a-thick-seven-guidance3-ddim50-n16-seed0, empty-prompt-..."""
     what = "prompts" if args.prompt is None else (
         "-".join(args.prompt.lower().split()) or "empty-prompt")
-    return flags.folder_name([what, f"guidance{args.guidance:g}", f"ddim{args.sampling_steps}"],
+    return flags.folder_name([what, ("guidance", args.guidance), f"ddim{args.sampling_steps}"],
                              None if args.prompt is None else args.n, args.seed)
 
 

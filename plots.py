@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import data
-from outputs import UserError, arg_parser, check_writable, run_main, save_figure
+from outputs import UserError, arg_parser, check_writable, run_main, save_figure, seed
 from schedule import MAX_T, SCHEDULES, Schedule
 
 
@@ -184,7 +184,7 @@ def get_args(argv=None):
     p.add_argument("--T", type=int, default=1000, help="number of diffusion steps (default 1000)")
     p.add_argument("--out", default="runs/schedules.png",
                    help="the PNG to write (default runs/schedules.png)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed, default=0,
                    help="seed of the noise added to the digit (default 0)")
     args = p.parse_args(argv)
     if not 1 <= args.T <= MAX_T:  # before the tables are allocated: T = 10^8 would fill the memory

@@ -2,7 +2,7 @@
 never share one; the checkpoints; and Run, the housekeeping of each training step.
 
     out, run = train_in_folder(args, "ddpm", fit)  # runs/ddpm, runs/ddpm-2, ... or --name/--resume
-    with Run(out, args, meta, nets, ckpt) as run:  # inside fit: resume, budget, Ctrl-C, checkpoints
+    with Run(out, args, meta, nets, ckpt) as run:  # inside fit: resume, budget, signals, saves
         while run.goes_on():
             ...one step of the algorithm...
             run.step_done(loss)
@@ -14,11 +14,13 @@ divergence guard, one-line errors for damaged or hand-edited checkpoints), not d
 goes through outputs.atomic_write.
 """
 import contextlib
-import io
+import math
+import os
 import pickle
 import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,8 @@ import torch
 
 import ddp
 import plots
-from outputs import Progress, UserError, atomic_write, check_writable, remove_orphans, save_json
+from outputs import STOP_SIGNALS, Progress, UserError, atomic_write, check_writable, lock_folder, \
+    memory_bytes, note_stop, remove_orphans, save_bytes, save_json
 from schedule import MAX_T, SCHEDULES, Schedule
 from unet import UNet
 
@@ -43,13 +46,15 @@ def claim_run_folder(args, prefix="ddpm"):
 
     With --overwrite an existing run's folder is taken instead; its files are removed only when the
     new run is ready to write its first one (clear_old_run), so a folder never mixes two runs."""
-    made = [] if Path(args.runs).exists() else [Path(args.runs)]
+    check_name(args.name)
+    made = [] if os.path.exists(args.runs) else [Path(args.runs)]  # no error on a bad path
     runs = check_writable(args.runs, "--runs")
     name, k = args.name or prefix, 1
     while True:
         folder = runs / name
         try:
             folder.mkdir(parents=True)
+            lock_folder(folder)
             return folder, [folder] + made
         except FileExistsError:
             pass
@@ -57,22 +62,38 @@ def claim_run_folder(args, prefix="ddpm"):
             k += 1
             name = f"{prefix}-{k}"
             continue
+        if folder.is_symlink():  # --overwrite would empty the folder it points to, anywhere
+            raise UserError(f"{folder} is a symbolic link, not a run folder; choose another "
+                            "--name")
         if not folder.is_dir():
             raise UserError(f"{folder} is a file, not a run folder; choose another --name")
         if not args.overwrite:
             raise UserError(f"{folder} already exists; pass --overwrite to replace the run in it, "
                             "or choose another --name")
         holds_a_run = any((folder / f).exists() for f in ("config.json", "checkpoint.pt"))
-        if any(folder.iterdir()) and not holds_a_run:
+        if any(p.name != ".lock" for p in folder.iterdir()) and not holds_a_run:
             raise UserError(f"{folder} holds no run (no config.json or checkpoint.pt), so "
                             "--overwrite will not empty it; choose another --name")
+        lock_folder(folder)
         return folder, made
+
+
+def check_name(name):
+    """--name is one folder under --runs: not empty, no separator, not "." or "..", so that no run
+    lands outside --runs."""
+    if name is None:
+        return
+    seps = {os.sep, os.altsep or os.sep, "/"}
+    if not name.strip() or name in (".", "..") or any(c in name for c in seps):
+        raise UserError(f"--name {name!r} is not a folder name: give one name, without "
+                        f"{' or '.join(sorted(seps))} (--runs chooses where it goes)")
 
 
 def unclaim(made):
     """After a failure before any work: remove the folders claim_run_folder made, if still empty."""
     for folder in made:
-        if folder.is_dir() and not any(folder.iterdir()):
+        if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".lock"}:
+            (folder / ".lock").unlink(missing_ok=True)
             folder.rmdir()
 
 
@@ -81,8 +102,11 @@ def clear_old_run(folder):
     (notes of yours) are left alone."""
     for name in RUN_FILES:
         (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / "samples", ignore_errors=True)
-    remove_orphans(folder)
+    if (folder / "samples").is_symlink():
+        (folder / "samples").unlink()
+    else:
+        shutil.rmtree(folder / "samples", ignore_errors=True)
+    remove_orphans(folder, RUN_FILES)
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -93,14 +117,7 @@ META_KEYS = {"dataset", "requested", "fallback", "model_config", "schedule", "co
 
 
 def save_checkpoint(path, state):
-    def write(tmp):
-        # Serialise in memory, then write the bytes from Python: a full disk then raises
-        # OSError(ENOSPC), which atomic_write reports in one line (torch's own writer would raise
-        # a RuntimeError).
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        Path(tmp).write_bytes(buffer.getbuffer())
-    atomic_write(path, write)
+    save_bytes(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(run_dir, resumable=False):
@@ -152,7 +169,58 @@ def read_checkpoint(run_dir, keys=CHECKPOINT_KEYS, meta_keys=META_KEYS,
         missing = [f"meta[{k!r}]" for k in sorted(meta_keys - present)]
     if missing:
         raise UserError(f"{path} is not a {script} checkpoint (missing {', '.join(missing)})")
+    check_entries(ckpt, path)
     return ckpt
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v, least=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+# What each entry of a checkpoint, and of its meta, must be: a hand-edited file is refused here, in
+# one line, rather than fail in the middle of the work. Entries not named here are the caller's.
+ENTRIES = {
+    "step": ("an integer >= 0", _count),
+    "history": ("a list of numbers (the DCGAN: a dict of such lists)", lambda v: (
+        isinstance(v, list) and all(map(_number, v))) or (isinstance(v, dict) and all(
+            isinstance(h, list) and all(map(_number, h)) for h in v.values()))),
+    "rng": ("torch's random-number state (a uint8 tensor)", lambda v: torch.is_tensor(v)
+            and v.dtype == torch.uint8 and v.dim() == 1),
+    "optimizer": ("an optimiser's state (a dict)", lambda v: isinstance(v, dict)
+                  and {"state", "param_groups"} <= set(v)),
+    "model": ("weights (a dict of tensors)", lambda v: isinstance(v, dict)),
+    "ema": ("weights (a dict of tensors)", lambda v: isinstance(v, dict)),
+    "meta": ("a dict", lambda v: isinstance(v, dict)),
+}
+META_ENTRIES = {
+    "dataset": ("a name", lambda v: isinstance(v, str)),
+    "requested": ("a name", lambda v: isinstance(v, str)),
+    "fallback": ("True or False", lambda v: isinstance(v, bool)),
+    "conditional": ("True or False", lambda v: isinstance(v, bool)),
+    "model_config": ("a dict", lambda v: isinstance(v, dict)),
+    "text_config": ("a dict", lambda v: isinstance(v, dict)),
+    "schedule": ("a dict", lambda v: isinstance(v, dict)),
+    "p_uncond": ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
+    "batch_size": ("an integer >= 1", lambda v: _count(v, 1)),
+    "lr": ("a positive number", lambda v: _number(v) and v > 0),
+    "ema_decay": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+    "seed": ("an integer >= 0", _count),
+}
+
+
+def check_entries(ckpt, path):
+    """Every entry of ENTRIES and META_ENTRIES that the checkpoint holds has its type and range."""
+    bad = [f"{k} ({what})" for k, (what, ok) in ENTRIES.items() if k in ckpt and not ok(ckpt[k])]
+    bad += [f"meta[{k!r}] ({what})" for k, (what, ok) in META_ENTRIES.items()
+            if isinstance(ckpt.get("meta"), dict) and k in ckpt["meta"]
+            and not ok(ckpt["meta"][k])]
+    if bad:
+        raise UserError(f"{path} has been edited or damaged: these entries are not what they "
+                        f"should be: {'; '.join(bad)}; use a checkpoint written by this lab")
 
 
 def check_resumable(ckpt, run_dir):
@@ -188,7 +256,16 @@ def build_schedule(meta, path):
 
 def build_model(model_config, state_dict, path):
     try:
+        with torch.device("meta"):  # its size first, with no memory taken
+            weights = sum(p.numel() for p in UNet(**model_config).parameters())
+        memory = memory_bytes()
+        if memory and 4 * weights > memory / 4:
+            raise UserError(f"the model_config in {path} asks for {4 * weights / 1e9:.1f} GB of "
+                            f"weights, too much for this machine's {memory / 1e9:.0f} GB; use "
+                            "a checkpoint of this lab's presets")
         model = UNet(**model_config)
+    except UserError:
+        raise
     except Exception as e:  # a hand-edited configuration can fail in any way: input, not our bug
         reason = (str(e).splitlines() or [""])[0]
         raise UserError(f"the model_config in {path} does not build a U-Net "
@@ -206,14 +283,19 @@ def build_model(model_config, state_dict, path):
 def train_in_folder(args, prefix, fit, loss_figure=None):
     """Train into --resume's folder (what a killed run left half-written removed first) or a new one
     claimed under --runs: fit(folder, overwrite) trains and returns its Run (or a tuple that starts
-    with it); then loss.png, and a line on how to go on if Ctrl-C or SIGTERM stopped it. Returns
+    with it); then loss.png, and a line on how to go on if a stop signal stopped it. Returns
     (folder, what fit returned). A run that fails before writing anything leaves no empty folder."""
     resume = getattr(args, "resume", None)  # the DCGAN has no --resume
     if not ddp.is_main():  # torchrun: only rank 0 touches the run folder
-        return None, fit(None, False)
+        result = fit(None, False)
+        run = result[0] if isinstance(result, tuple) else result
+        if run.stopped:
+            note_stop(run.stopped)
+        return None, result
     if resume:
         out, made = check_writable(resume, "--resume"), []
-        remove_orphans(out)
+        lock_folder(out)
+        remove_orphans(out, RUN_FILES)
     else:
         out, made = claim_run_folder(args, prefix)
     threads = torch.get_num_threads()
@@ -227,9 +309,31 @@ def train_in_folder(args, prefix, fit, loss_figure=None):
     run = result[0] if isinstance(result, tuple) else result
     (loss_figure or plots.loss_curve)(run.history, out / "loss.png")
     if run.stopped:
-        print(f"interrupted: checkpoint saved at step {run.step} in {out}; continue training "
-              f"with --resume {out}, or draw samples with --sample-from {out}", file=sys.stderr)
+        note_stop(run.stopped)  # run_main's exit status: 128 + the signal
+        if any(Path(out).resolve().is_relative_to(folder) for folder in _scratch):
+            print(f"interrupted at step {run.step}", file=sys.stderr)  # its folder goes too
+        elif hasattr(args, "resume"):
+            print(f"interrupted: checkpoint saved at step {run.step} in {out}; continue "
+                  f"training with --resume {out}, or draw samples with --sample-from {out}",
+                  file=sys.stderr)
+        else:  # the DCGAN: no --resume, no --sample-from
+            print(f"interrupted: checkpoint saved at step {run.step} in {out}", file=sys.stderr)
     return out, result
+
+
+_scratch = []  # the temporary folders of scratch(), removed when it ends
+
+
+@contextlib.contextmanager
+def scratch(prefix):
+    """A temporary folder for runs that a script drives and then deletes (experiments.py): an
+    interrupted run in it is not offered for --resume, since its folder is about to go."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        _scratch.append(Path(folder).resolve())
+        try:
+            yield folder
+        finally:
+            _scratch.remove(Path(folder).resolve())
 
 
 def write_samples(out, samples, summary, title, data_dir, grid=None):
@@ -256,10 +360,18 @@ def write_samples(out, samples, summary, title, data_dir, grid=None):
 
 
 def sample_folder(run_dir, name):
-    """run_dir/samples/name, for a --sample-from draw, with what a killed draw left removed."""
-    out = Path(run_dir) / "samples" / name
+    """run_dir/samples/name, for a --sample-from draw, with what a killed draw left removed; the run
+    folder is locked, and a samples/ that leads out of it (a symbolic link) is refused."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir, "--sample-from")
+    lock_folder(run_dir)
+    out = run_dir / "samples" / name
+    for folder in (out.parent, out):
+        if folder.is_symlink():
+            raise UserError(f"{folder} is a symbolic link: samples are only written inside the "
+                            "run's own folder; remove the link")
     check_writable(out, "--sample-from")
-    remove_orphans(out)
+    remove_orphans(out, RUN_FILES)
     return out
 
 
@@ -279,12 +391,12 @@ def unfinished_exercise(out):
 
 @contextlib.contextmanager
 def stop_requests():
-    """Ctrl-C (SIGINT) and SIGTERM (kill, docker stop, SLURM, a closing terminal) ask training to
-    stop: the current step ends, a checkpoint is saved, and the run is not lost. Yields a list
-    that is non-empty once a stop was asked for."""
+    """Ctrl-C (SIGINT), SIGTERM (kill, docker stop, SLURM) and SIGHUP (a closing terminal) ask
+    training to stop: the current step ends, a checkpoint is saved, and the run is not lost.
+    Yields a list of the signals asked, in order (empty until a stop was asked for)."""
     asked = []
-    old = {sig: signal.signal(sig, lambda *_: asked.append(True))
-           for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, lambda signum, frame: asked.append(signum))
+           for sig in STOP_SIGNALS}
     try:
         yield asked
     finally:
@@ -296,7 +408,7 @@ class Run:
     """Everything around the steps of a training loop, so that the loop itself is the algorithm:
 
         with Run(folder, args, meta, nets, ckpt) as run:
-            while run.goes_on():    # --steps and --minutes left, no Ctrl-C or SIGTERM (any rank)
+            while run.goes_on():    # --steps and --minutes left, no stop signal (any rank)
                 ...one step...
                 run.step_done(loss) # NaN guard, history, a checkpoint every --ckpt-every, progress
         # leaving the block normally saves the last checkpoint
@@ -332,14 +444,16 @@ class Run:
         return self
 
     def __exit__(self, kind, value, tb):
-        self.stopped = bool(self._asked)
-        self._signals.__exit__(kind, value, tb)
-        if kind is None:
-            self.meter.close()
-            self.save()
+        try:  # the last save happens while a signal still only asks to stop: it cannot cut it
+            if kind is None:
+                self.meter.close()
+                self.save()
+        finally:
+            self.stopped = self._asked[0] if self._asked else False
+            self._signals.__exit__(kind, value, tb)
 
     def goes_on(self):
-        self.stopped = bool(self._asked)
+        self.stopped = self._asked[0] if self._asked else False
         return self.step < self.steps and not ddp.any_rank(self.stopped or
                                                               self.meter.out_of_time())
 
@@ -415,10 +529,16 @@ def divergence_probe(x0, y, sched, device):
     return works
 
 
-def finite(eps_hat):
+def finite(eps_hat, guidance=None):
     """The network's output, if it is finite: broken weights stop sampling at once, not after
-    minutes of drawing NaN images."""
+    minutes of drawing NaN images. guidance: the --guidance scale, if one is set: a large one can
+    be the cause rather than the weights."""
     if not torch.isfinite(eps_hat).all():
+        if guidance is not None:
+            raise UserError(f"the guided output is not finite (NaN or infinity) with --guidance "
+                            f"{guidance:g}, which magnifies the model's output: try a smaller "
+                            "--guidance; if that fails too, the weights are broken (train again "
+                            "with a lower --lr)")
         raise UserError("the model's output is not finite (NaN or infinity): its weights are "
                         "broken, as after a diverged training; train it again with a lower --lr")
     return eps_hat

@@ -169,8 +169,13 @@ def test_overwrite_does_not_empty_a_folder_that_holds_no_run(mnist_dir, tmp_path
 
 # --- 5. SIGTERM and Ctrl-C ------------------------------------------------------------------------
 
-def test_sigterm_saves_and_stops_like_ctrl_c(mnist_dir, tmp_path):
-    """What `docker stop`, SLURM and a closing terminal send. The one test with its own process."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_saves_and_stops_like_ctrl_c(sig, mnist_dir, tmp_path):
+    """What `docker stop` and SLURM (SIGTERM) and a closing terminal (SIGHUP) send: the checkpoint
+    is saved, and the exit status is 128 + the signal (issue 25: it was 0, and SIGHUP killed the
+    run with nothing saved). The tests with a process of their own."""
+    if not hasattr(signal, sig):
+        pytest.skip(f"no {sig} on this platform")
     log = tmp_path / "stderr.txt"
     argv = [*TINY, "--data-dir", str(mnist_dir), "--steps", "100000", "--ckpt-every", "100000",
             "--name", "t"]
@@ -181,13 +186,20 @@ def test_sigterm_saves_and_stops_like_ctrl_c(mnist_dir, tmp_path):
         deadline = time.time() + 90
         while "step 1/" not in log.read_text() and time.time() < deadline and p.poll() is None:
             time.sleep(0.2)  # until training has begun
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=120)
+        try:  # a second process on the folder is refused while the first holds it (issue 25)
+            with pytest.raises(UserError, match=f"in use by another process \\(PID {p.pid}\\)"):
+                run(["--steps", "3", "--name", "t", "--overwrite"], mnist_dir, tmp_path / "runs")
+        finally:
+            p.send_signal(getattr(signal, sig))
+            p.wait(timeout=120)
     text = log.read_text()
-    assert p.returncode == 0, text
+    assert p.returncode == 128 + getattr(signal, sig), text
     assert "interrupted" in text and "--sample-from" in text and "Traceback" not in text
     assert torch.load(tmp_path / "runs" / "t" / "checkpoint.pt", weights_only=True)["step"] > 0
     assert not (tmp_path / "runs" / "t" / "samples.npy").exists()  # stopped: no minutes of sampling
+    step = torch.load(tmp_path / "runs" / "t" / "checkpoint.pt", weights_only=True)["step"]
+    run(["--steps", str(step + 1), "--resume", str(tmp_path / "runs" / "t"), *FAST_DRAW],
+        mnist_dir, tmp_path / "runs")  # its lock went with it: no stale lock
 
 
 def test_ctrl_c_in_training_saves_and_stops_without_sampling(mnist_dir, tmp_path, monkeypatch,
