@@ -517,10 +517,10 @@ def loss_variant(p2, name):
     def v_eps_theta(model, meta, args, y):
         net = p2.eps_theta(model, meta, args, y)
 
-        def eps_fn(x_t, t):                          # eps = sqrt(ab) v + sqrt(1 - ab) x_t
+        def eps_from_v(x_t, t):                      # eps = sqrt(ab) v + sqrt(1 - ab) x_t
             a, s = coefs(sched, t, x_t)
             return a * net(x_t, t) + s * x_t
-        return eps_fn
+        return eps_from_v
     return v_loss, v_eps_theta
 
 

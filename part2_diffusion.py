@@ -155,7 +155,7 @@ def sample(model, sched, meta, args, device, make_eps_theta=eps_theta):
     (samples (n, C, H, W) in [-1, 1], trajectory, seconds); the trajectory holds (t, x_t, x0_hat) at
     eight t of the first batch (`record`: all of a few steps, thinned below), for the figure."""
     labels = torch.tensor(args.labels or range(NUM_CLASSES), device=device).repeat(args.n)
-    shape = (meta["model_config"]["in_channels"], *[meta["model_config"]["image_size"]] * 2)
+    chw = (meta["model_config"]["in_channels"], *[meta["model_config"]["image_size"]] * 2)
     gen = torch.Generator(device).manual_seed(args.seed)
     T, steps = sched.T, args.sampling_steps
     record = set(range(T)) if steps < T else set(np.linspace(T - 1, 0, 8).round().astype(int))
@@ -163,23 +163,19 @@ def sample(model, sched, meta, args, device, make_eps_theta=eps_theta):
     meter = Progress(math.ceil(args.n / batch) * steps, f"sampling {args.n} images, {args.sampler}")
     chunks, trajectory = [], None
     for i in range(0, args.n, batch):
-        b = min(batch, args.n - i)
-        net = make_eps_theta(model, meta, args, labels[i:i + b] if meta["conditional"] else None)
-
-        def eps_fn(x_t, t, net=net):  # one network call a sampling step
-            eps_hat = runs.finite(net(x_t, t), args.guidance)
-            meter.tick()
-            return eps_hat
+        shape = (min(batch, args.n - i), *chw)
+        y = labels[i:i + shape[0]] if meta["conditional"] else None
+        eps_theta_y = runs.watched(make_eps_theta(model, meta, args, y), meter, args.guidance)
         kw = dict(generator=gen, device=device, record=record if i == 0 else ())
         with torch.no_grad():
             if args.sampler == "ddpm" and steps == T:       # Algorithm 2 itself
-                samples, traj = sched.p_sample_loop(eps_fn, (b, *shape), **kw)
+                samples, traj = sched.p_sample_loop(eps_theta_y, shape, **kw)
             elif args.sampler == "ddpm":                    # Algorithm 2 on respaced steps
-                samples, traj = sched.respaced_sample_loop(eps_fn, (b, *shape), steps, **kw)
+                samples, traj = sched.respaced_sample_loop(eps_theta_y, shape, steps, **kw)
             elif args.sampler == "ddim":
-                samples, traj = sched.ddim_sample_loop(eps_fn, (b, *shape), steps, args.eta, **kw)
+                samples, traj = sched.ddim_sample_loop(eps_theta_y, shape, steps, args.eta, **kw)
             else:
-                samples, traj = sched.dpm_solver_sample_loop(eps_fn, (b, *shape), steps, **kw)
+                samples, traj = sched.dpm_solver_sample_loop(eps_theta_y, shape, steps, **kw)
         chunks.append(samples.cpu())
         if i == 0:
             trajectory = traj[::max(1, len(traj) // 8)]

@@ -282,14 +282,10 @@ def generate(model, ae, sched, prompts, guidance, steps, seed, device):
     for i in range(0, len(prompts), chunk):
         y = ids[i:i + chunk]
         guided = classifier_free_guidance(model, y, guidance, null_label=empty.expand_as(y))
-
-        def eps_fn(z_t, t, guided=guided):
-            eps_hat = runs.finite(guided(z_t, t), guidance)
-            meter.tick()
-            return eps_hat
-        z0, _ = sched.ddim_sample_loop(eps_fn, (len(y), *LATENT), steps=steps, generator=gen,
-                                       device=device, clip_x0=False)
-        images.append(ae.decode(z0).clamp(-1, 1).cpu())
+        eps_theta = runs.watched(guided, meter, guidance)  # finite, and counted
+        latents, _ = sched.ddim_sample_loop(eps_theta, (len(y), *LATENT), steps=steps,
+                                            generator=gen, device=device, clip_x0=False)
+        images.append(ae.decode(latents).clamp(-1, 1).cpu())
     meter.close()
     return torch.cat(images), meter.seconds()
 

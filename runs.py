@@ -529,6 +529,16 @@ def divergence_probe(x0, y, sched, device):
     return works
 
 
+def watched(eps_theta, meter, guidance=None):
+    """eps_theta(x_t, t) as a sampler calls it, with each output checked (finite) and each call
+    counted on the progress line `meter`."""
+    def checked(x_t, t):
+        eps_hat = finite(eps_theta(x_t, t), guidance)
+        meter.tick()
+        return eps_hat
+    return checked
+
+
 def finite(eps_hat, guidance=None):
     """The network's output, if it is finite: broken weights stop sampling at once, not after
     minutes of drawing NaN images. guidance: the --guidance scale, if one is set: a large one can

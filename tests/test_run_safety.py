@@ -353,7 +353,7 @@ def test_a_full_disk_is_one_line_for_every_file_of_weights(what, mnist_dir, tmp_
     shutil.copytree(mnist_dir, data_dir)
     for cache in (autoencoder.CACHE_FILE, metrics.CLASSIFIER_FILE):
         (data_dir / cache).unlink(missing_ok=True)
-    monkeypatch.setattr(autoencoder, "train", lambda images, log: autoencoder.Autoencoder())
+    monkeypatch.setattr(autoencoder, "train", lambda images, log, **_: autoencoder.Autoencoder())
     monkeypatch.setattr(metrics, "train_classifier",
                         lambda x, y, log: metrics.make_classifier())
     full_disk(monkeypatch)
