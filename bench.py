@@ -13,7 +13,7 @@ Run them on a quiet machine: other work on the same cores changes every timing.
 """
 import argparse
 
-from outputs import arg_parser, run_main, settings
+from outputs import arg_parser, pick_threads, run_main, settings
 import sys
 
 
@@ -649,7 +649,7 @@ def bench_throughput(argv):
     p.add_argument("--steps", type=int, default=30, help="training steps per round")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes)")
     args = p.parse_args(argv)
-    threads = p2.pick_threads()
+    threads = pick_threads()
     sched = Schedule("linear", 1000)
     torch.manual_seed(0)
     x0 = torch.randn(p2.BATCH_SIZE, 1, 28, 28).clamp(-1, 1)
