@@ -8,6 +8,7 @@
     python bench.py targets   # Part 2: the default command's time and FID (issue targets)
     python bench.py throughput # Part 2: training steps/s: channels_last, attention, compile
     python bench.py autoencoder # Part 3's autoencoder: reconstruction error, FID of reconstructions
+    python bench.py threads   # Part 2 under load: training and sampling speed, 1 or 2 threads or its own
 
 Run them on a quiet machine: other work on the same cores changes every timing.
 """
@@ -721,9 +722,88 @@ def bench_autoencoder(argv):
         print(f"{name:22s} FID {m['fid']:6.2f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}")
 
 
+# --- threads under load ------------------------------------------------------------------------------
+
+LOADS = {  # what runs beside the measured command: (commands, start at half of training?)
+    "quiet": ([], False),
+    "yes from the start": ([["yes"]], False),
+    "yes from half-way": ([["yes"]], True),
+    "a second training from half-way": ([["TRAIN"]], True),
+    "the test suite from half-way": ([["SUITE"]], True),
+    "two other trainings": ([["TRAIN"], ["TRAIN"]], False),
+}
+
+
+def bench_threads(argv):
+    """Part 2's default command, shortened, from a fresh process under each load of LOADS, at one
+    thread, at two (OMP_NUM_THREADS) and at the script's own choice: training steps/s and sampling
+    network calls/s (DDIM-25 on 256 images, one batch). Loads: `yes` (one busy core), another
+    training (two threads of its own), the suite's schedule and sampler tests (many short torch
+    processes and threads), started with the command or at half of its training."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    p = arg_parser(prog="bench.py threads", description=bench_threads.__doc__)
+    p.add_argument("--seconds", type=float, default=30, help="training seconds of each run")
+    p.add_argument("--data-dir", default="data", help="MNIST")
+    p.add_argument("--loads", nargs="*", default=list(LOADS), choices=list(LOADS))
+    p.add_argument("--threads", nargs="*", default=["1", "2", "own"])
+    args = p.parse_args(argv)
+    root, python = Path(__file__).resolve().parent, sys.executable
+    work = Path(tempfile.mkdtemp(prefix="bench-threads-"))
+    train = [python, str(root / "part2_diffusion.py"), "--data-dir", args.data_dir, "--runs",
+             str(work / "load"), "--minutes", "10", "--n", "1", "--sampler", "ddim",
+             "--sampling-steps", "1"]
+    suite = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_schedule.py",
+             "tests/test_samplers.py", "tests/test_unet.py"]
+    print(f"Part 2, {args.seconds:g} s of training then DDIM-25 on 256 images; "
+          f"{os.cpu_count()} cores; steps/s, calls/s", flush=True)
+    for load in args.loads:
+        commands, half = LOADS[load]
+        for threads in args.threads:
+            env = dict(os.environ, MPLBACKEND="Agg")
+            env.pop("OMP_NUM_THREADS", None)
+            if threads != "own":
+                env["OMP_NUM_THREADS"] = threads
+            name = f"run-{len(list(work.glob('run-*')))}"
+            cmd = [python, str(root / "part2_diffusion.py"), "--data-dir", args.data_dir, "--runs",
+                   str(work), "--name", name, "--minutes", str(args.seconds / 60), "--n", "256",
+                   "--sampler", "ddim", "--sampling-steps", "25"]
+            started = []
+
+            def start_load():
+                for c in commands:
+                    c = {"TRAIN": train, "SUITE": suite}.get(c[0], c)
+                    started.append(subprocess.Popen(
+                        c, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        env=dict(os.environ, MPLBACKEND="Agg"), start_new_session=True))
+            if not half:
+                start_load()
+            run = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            if half:
+                time.sleep(5 + args.seconds / 2)  # ~5 s of start-up and data loading first
+                start_load()
+            run.wait()
+            for proc in started:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            summary = json.loads((work / name / "summary.json").read_text())
+            train_rate = summary["steps"] / summary["train_seconds"]
+            calls_rate = summary["sampling_steps"] / summary["sampling_seconds"]
+            print(f"  {load:34s} threads {threads:4s} {train_rate:6.2f} steps/s "
+                  f"{calls_rate:6.2f} calls/s", flush=True)
+
+
 BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "reference": bench_reference,
            "samplers": bench_samplers, "targets": bench_targets, "throughput": bench_throughput,
-           "autoencoder": bench_autoencoder}
+           "autoencoder": bench_autoencoder, "threads": bench_threads}
 
 
 def main():

@@ -311,18 +311,60 @@ def idle_cores(seconds=0.25):
     return (os.cpu_count() or 1) * (idle1 - idle0) / max(total1 - total0, 1)
 
 
+_ceiling = None  # torch's own thread count when pick_threads last decided (None: it did not)
+
+
 def pick_threads():
     """Set torch's thread count to the idle cores (at least one, at most torch's own default), and
     return it. Torch's threads wait for each other at every layer, so one thread on a core that
     another job is using holds all of them up: beside one busy core, two threads trained at half
     the speed of one (measured on a 2-core laptop). OMP_NUM_THREADS, if set, decides instead."""
+    global _ceiling
     import torch  # here: this file is imported by the grading plugin, which needs no torch
+    _ceiling = None
     if "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1:
         return torch.get_num_threads()  # nothing to decide
+    _ceiling = torch.get_num_threads()
     idle = idle_cores()
     if idle is not None:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), math.floor(idle + 0.5))))
     return torch.get_num_threads()
+
+
+class ThreadTuner:
+    """Torch's thread count, chosen again while a loop runs. pick_threads chooses once, at the
+    start, but a laptop's other work starts and stops later, and two threads beside a busy core
+    ran 3 to 26 times slower than one (measured on a 2-core laptop). Every WINDOW seconds the tuner
+    measures the rate at the count in use; when it falls by a third, or when the other count (1, or
+    torch's default) was last tried EXPLORE seconds ago, it tries that one for a window; otherwise
+    it keeps the faster. It works only where pick_threads chose the count: not where
+    OMP_NUM_THREADS is set, or torch was given a single thread."""
+    WINDOW, EXPLORE = 2.0, 90.0
+
+    def __init__(self):
+        import torch
+        self.torch, self.counts = torch, (1, _ceiling or 1)
+        self.on = self.counts[1] > 1  # only where pick_threads decided the count
+        self.rates, self.ticks, self.since = {}, 0, time.time()
+        self.start = self.since
+
+    def tick(self):
+        self.ticks += 1
+        now = time.time()
+        if not self.on or now - self.since < self.WINDOW:
+            return
+        n = self.torch.get_num_threads()
+        rate = self.ticks / (now - self.since)
+        fell = n in self.rates and rate < 2 / 3 * self.rates[n][0]
+        self.rates[n] = (rate, now)
+        other = self.counts[0] if n != self.counts[0] else self.counts[1]
+        tried = self.rates.get(other, (0.0, self.start))[1]
+        if fell or now - tried > self.EXPLORE:
+            choice = other
+        else:
+            choice = max((n, other), key=lambda c: self.rates.get(c, (0.0,))[0])
+        self.torch.set_num_threads(choice)
+        self.ticks, self.since = 0, time.time()
 
 
 # --- the progress line, and how a script ends -----------------------------------------------------
@@ -353,7 +395,7 @@ class Progress:
 
     def __init__(self, total, what, done=0, seconds=None, show=True):
         self.total, self.what, self.done, self.first, self.limit = total, what, done, done, seconds
-        self.show = show
+        self.show, self.threads = show, ThreadTuner() if "torch" in sys.modules else None
         self.start, self.last = time.time(), 0.0  # 0: the first step is shown at once
 
     def seconds(self):
@@ -371,14 +413,18 @@ class Progress:
     def tick(self, note=""):
         """One more step done; `note` (the loss, say) is shown beside the count."""
         self.done += 1
+        if self.threads:
+            self.threads.tick()
         now = time.time()
         if self.show and (now - self.last > 1 or self.done == self.total):
             rate = (self.done - self.first) / max(now - self.start, 1e-9)
             left = (self.total - self.done) / rate
             if self.limit is not None:
                 left = min(left, self.limit - (now - self.start))
+            n = self.threads.torch.get_num_threads() if self.threads else None
             progress(f"{self.what}: step {self.done}/{self.total}  {note + '  ' if note else ''}"
-                     f"{rate:.2f} steps/s  ETA {max(left, 0) / 60:.1f} min")
+                     f"{rate:.2f} steps/s  ETA {max(left, 0) / 60:.1f} min"
+                     + (f"  {n} thread{'s' if n > 1 else ''}" if n else ""))
             self.last = now
 
     def close(self):

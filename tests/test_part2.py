@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import data
+import outputs
 import part2_diffusion
 
 pytestmark = pytest.mark.e2e  # the script end to end: plain `python -m pytest` runs these, --grade does not
@@ -192,3 +193,36 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_end_of_the_budget(mon
     assert rates[0] == 2.0 and abs(rates[5] - 1.0) < 1e-12 and abs(rates[-1]) < 1e-12
     assert all(a > b for a, b in zip(rates, rates[1:]))  # it only ever goes down
     assert lr(W, 2.0, 1.5) == rates[-1]  # a budget overrun keeps it at 0
+
+
+def test_the_thread_count_follows_the_load_while_a_loop_runs(monkeypatch):
+    """outputs.ThreadTuner, on a simulated 2-core machine: quiet, two threads run 5.8 steps/s and
+    one 3.1; from t = 60 s a busy core makes two threads crawl at 0.6 (the collapse measured on a
+    2-core laptop), and at t = 150 s the machine is quiet again. The tuner must leave two threads
+    when they collapse and come back to them afterwards, within a few windows each time."""
+    clock = [0.0]
+    monkeypatch.setattr(outputs.time, "time", lambda: clock[0])
+    monkeypatch.setattr(outputs, "_ceiling", 2)
+
+    class Torch:  # the two calls the tuner makes
+        n = 2
+
+        def get_num_threads(self):
+            return self.n
+
+        def set_num_threads(self, n):
+            self.n = n
+    tuner = outputs.ThreadTuner()
+    tuner.torch = torch_ = Torch()
+    busy = lambda t: 60 <= t < 150
+    used = []
+    while clock[0] < 240:
+        rate = {1: 3.1, 2: 0.6 if busy(clock[0]) else 5.8}[torch_.n]
+        clock[0] += 1 / rate
+        tuner.tick()
+        used.append((clock[0], torch_.n))
+    share = lambda lo, hi, n: (sum(1 for t, k in used if lo <= t < hi and k == n)
+                               / max(1, sum(1 for t, _ in used if lo <= t < hi)))
+    assert share(10, 60, 2) > 0.9     # quiet: two threads, trying one now and then
+    assert share(75, 150, 1) > 0.9    # busy core: one thread
+    assert share(165, 240, 2) > 0.9   # quiet again: back to two
