@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 import data
 import flags
-from outputs import (Progress, UserError, arg_parser, check_output_file, check_writable,
-                     finite_float, run_main, save_bytes, save_figure)
+from outputs import (Progress, UserError, arg_parser, check_output_file, check_space,
+                     check_writable, finite_float, run_main, save_bytes, save_figure)
 
 LATENT_CHANNELS = 3   # latent: (3, 8, 8)
 WIDTH = 16            # channels of the first conv; 32 after the first halving
@@ -156,6 +156,7 @@ def load_or_train(data_dir="data", log=print, minutes=None):
                             f"({type(e).__name__}); delete it to train a new one") from None
         return model.eval().requires_grad_(False)
     check_writable(path.parent, "--data-dir")  # the cache can be saved: checked before training
+    check_space(path.parent, 2, "the autoencoder's cache")
     images, _, used = data.load("mnist", data_dir, train=True)
     log(f"no autoencoder at {path}: training one on the {len(images)} {used} training digits "
         f"({EPOCHS} epochs, seed {SEED})")

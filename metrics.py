@@ -57,8 +57,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from outputs import UserError, arg_parser, check_output_file, check_writable, run_main, \
-    save_bytes, save_json
+from outputs import UserError, arg_parser, check_output_file, check_space, check_writable, \
+    run_main, save_bytes, save_json
 
 # The classifier learns from train[:50000]; train[50000:] is held out (the classic 50k/10k split),
 # so the calibration's "real" row uses digits that neither the classifier nor the FID reference has
@@ -172,6 +172,7 @@ def load_or_train_classifier(data_dir="data", path=None, log=print):
                             f"delete it to train a new one") from None
         return model.eval(), info
     check_writable(Path(path).parent, "--classifier PATH")     # before training, not after
+    check_space(Path(path).parent, 2, "the classifier's cache")
     need = f"no classifier at {path}, and training one needs real MNIST"
     train_x, train_y = load_mnist(data_dir, train=True, need=need)
     test_x, test_y = load_mnist(data_dir, train=False, need=need)

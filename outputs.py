@@ -187,6 +187,14 @@ def check_writable(folder, flag="--out"):
     return folder
 
 
+def check_space(folder, megabytes, what):
+    """Before the work: refuse a folder whose disk has less free space than `what` needs."""
+    free = shutil.disk_usage(folder).free / 1e6
+    if free < megabytes:
+        raise UserError(f"{folder} has {free:.0f} MB free, and {what} needs about {megabytes:.0f} "
+                        "MB; free some space, or choose another place")
+
+
 def check_output_file(path, flag="--out"):
     """Before any work: `path` can be written (its folder is writable) and is a file, not a folder
     or a device such as /dev/stdout, which atomic_write would refuse only after the work."""

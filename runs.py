@@ -28,8 +28,8 @@ import torch
 
 import ddp
 import plots
-from outputs import STOP_SIGNALS, Progress, UserError, atomic_write, check_writable, lock_folder, \
-    memory_bytes, note_stop, remove_orphans, save_bytes, save_json
+from outputs import STOP_SIGNALS, Progress, UserError, atomic_write, check_space, check_writable, \
+    lock_folder, memory_bytes, note_stop, remove_orphans, save_bytes, save_json
 from schedule import MAX_T, SCHEDULES, Schedule
 from unet import UNet
 
@@ -435,8 +435,22 @@ class Run:
             self.history = {k: list(v) for k, v in self.history.items()} \
                 if isinstance(self.history, dict) else list(self.history)
         self.steps, self.stopped = args.steps, False
+        if folder is not None:
+            check_space(folder, self.megabytes(), "this run's checkpoints")
         self.meter = Progress(args.steps, "training", done=self.step, seconds=60 * args.minutes,
                               show=ddp.is_main())
+
+    def megabytes(self):
+        """What the run writes, roughly: two checkpoints (the old one stays until the new one is
+        whole), each 4 bytes for every weight and Adam's two moments; the extra entries; figures."""
+        weights = sum(p.numel() for net in self.nets.values() if isinstance(net, torch.nn.Module)
+                      for p in net.parameters())
+        moments = sum(2 * p.numel() for net in self.nets.values()
+                      if isinstance(net, torch.optim.Optimizer)
+                      for group in net.param_groups for p in group["params"])
+        extra = sum(t.numel() for v in self.extra.values()
+                    for t in (v.values() if isinstance(v, dict) else [v]) if torch.is_tensor(t))
+        return 2 * 4 * (weights + moments + extra) / 1e6 + 2
 
     def __enter__(self):
         self._signals = stop_requests()

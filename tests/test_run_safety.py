@@ -436,3 +436,34 @@ def test_running_out_of_memory_is_one_line(capsys):
         raise MemoryError
     assert exits(main, capsys) == (2, ["error: out of memory; use a smaller --batch-size or --n, "
                                        "or free some memory"])
+
+
+@pytest.mark.parametrize("what", ["part2", "part3", "gan", "autoencoder cache", "classifier cache"])
+def test_too_little_disk_is_refused_before_the_work(what, mnist_dir, tmp_path, monkeypatch):
+    """A disk with 1 MB free: every training script (Part 2, Part 3, the DCGAN) and both caches stop
+    in one line that gives the space needed, before a step of training and before a file of weights
+    is written. Before: only Part 2 named the space, and only after its first save failed."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("trained before checking the disk")
+    monkeypatch.setattr(autoencoder, "train", no_work)
+    monkeypatch.setattr(metrics, "train_classifier", no_work)
+    monkeypatch.setattr(part2_diffusion, "training_loss", no_work)
+    monkeypatch.setattr(gan_baseline, "discriminator_step", no_work)
+    monkeypatch.setattr(part3, "encode_digits", lambda ae, images, labels, device: dict(
+        latents=torch.zeros(16, *part3.LATENT), labels=[0] * 16, width=[1.0] * 16,
+        slant=[0.0] * 16))
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(
+        10 ** 9, 10 ** 9 - 10 ** 6, 10 ** 6))
+    data_dir = tmp_path / "data"
+    shutil.copytree(mnist_dir, data_dir)
+    (data_dir / autoencoder.CACHE_FILE).unlink(missing_ok=True)
+    if what == "part3":  # a cached autoencoder, so that only the run's own checkpoints are checked
+        torch.save(autoencoder.Autoencoder().state_dict(), data_dir / autoencoder.CACHE_FILE)
+    with pytest.raises(UserError, match=r"1 MB free, and .* needs about \d+ MB") as e:
+        if what in ("part2", "part3", "gan"):
+            script(what, data_dir, tmp_path / "runs", "--steps", "2")()
+        elif what == "autoencoder cache":
+            autoencoder.load_or_train(data_dir, log=lambda _: None)
+        else:
+            metrics.load_or_train_classifier(data_dir, log=lambda _: None)
+    assert "\n" not in str(e.value) and not list(tmp_path.rglob("checkpoint.pt"))
