@@ -456,7 +456,8 @@ def test_too_little_disk_is_refused_before_the_work(what, mnist_dir, tmp_path, m
         10 ** 9, 10 ** 9 - 10 ** 6, 10 ** 6))
     data_dir = tmp_path / "data"
     shutil.copytree(mnist_dir, data_dir)
-    (data_dir / autoencoder.CACHE_FILE).unlink(missing_ok=True)
+    for cache in (autoencoder.CACHE_FILE, metrics.CLASSIFIER_FILE):
+        (data_dir / cache).unlink(missing_ok=True)
     if what == "part3":  # a cached autoencoder, so that only the run's own checkpoints are checked
         torch.save(autoencoder.Autoencoder().state_dict(), data_dir / autoencoder.CACHE_FILE)
     with pytest.raises(UserError, match=r"1 MB free, and .* needs about \d+ MB") as e:
