@@ -9,6 +9,7 @@
     python bench.py throughput # Part 2: training steps/s: channels_last, attention, compile
     python bench.py autoencoder # Part 3's autoencoder: reconstruction error, FID of reconstructions
     python bench.py threads   # Part 2 under load: training and sampling speed, 1 or 2 threads or its own
+    python bench.py curve     # Part 2: FID against training minutes over 3 seeds (a proxy, validated)
 
 Run them on a quiet machine: other work on the same cores changes every timing.
 """
@@ -801,9 +802,182 @@ def bench_threads(argv):
                   f"{calls_rate:6.2f} calls/s", flush=True)
 
 
+# --- curve -----------------------------------------------------------------------------------------
+
+def bench_curve(argv):
+    """Learning per CPU minute, judged by a curve over seeds. For each seed, the default command
+    (train --minutes in a fresh folder, draw its 64 images), its checkpoint copied about every
+    --every minutes of training. Then each copy is scored by a cheap proxy (N = --n images,
+    DDIM---proxy-steps), and some by the full score (N = --full-n, the default sampler): the last
+    copy of every seed, and with --validate every copy of the first seed, to check that the proxy
+    ranks checkpoints as the full score does. --extra-ema DECAY:GAMMA keeps more averages in the
+    same runs, decay min(DECAY, (1 + step) / (GAMMA + step)) (the default is 0.999:10), each scored
+    by the proxy: a paired comparison of EMA warm-ups. --flag NAME=VALUE sets a flag of
+    part2_diffusion.py (a lever: --flag batch_size=32). Prints every score as it comes, then the
+    mean and spread over seeds; writes them all to --out."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    import metrics
+    import part2_diffusion as p2
+
+    p = arg_parser(prog="bench.py curve", description=bench_curve.__doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--minutes", type=float, default=p2.MINUTES)
+    p.add_argument("--every", type=float, default=2.0, help="minutes of training between copies")
+    p.add_argument("--n", type=int, default=500, help="images the proxy scores")
+    p.add_argument("--proxy-steps", type=int, default=20, help="DDIM steps of the proxy")
+    p.add_argument("--full-n", type=int, default=1000, help="images the full score draws")
+    p.add_argument("--validate", action="store_true",
+                   help="the full score on every copy of the first seed too")
+    p.add_argument("--extra-ema", nargs="*", default=[], metavar="DECAY:GAMMA")
+    p.add_argument("--flag", nargs="*", default=[], metavar="NAME=VALUE")
+    p.add_argument("--data-dir", default="data", help="MNIST and its classifier")
+    p.add_argument("--out", default="curve.json", help="where the scores go (JSON)")
+    p.add_argument("--score-only", metavar="DIR", help="train nothing: score the copies in DIR")
+    args = p.parse_args(argv)
+    defaults = vars(p2.get_args([]))
+    flags = {k: v if defaults[k] is None else type(defaults[k])(v)
+             for k, v in (f.split("=", 1) for f in args.flag)}
+    emas = [tuple(float(x) for x in e.split(":")) for e in args.extra_ema]
+    metrics.load_or_train_classifier(args.data_dir)
+    work = Path(args.score_only or tempfile.mkdtemp(prefix="bench-curve-"))
+    if not args.score_only:
+        runs = []
+        for seed in args.seeds:
+            runs.append(curve_training(p2, work, seed, args, flags, emas))
+            print(json.dumps(runs[-1]), flush=True)
+            (work / "runs.json").write_text(json.dumps(runs))
+    results = dict(args=vars(args), threads=torch.get_num_threads(),
+                   runs=json.loads((work / "runs.json").read_text()))
+    for run in results["runs"]:
+        for i, copy in enumerate(run["copies"]):
+            full = i == len(run["copies"]) - 1 or (args.validate and run is results["runs"][0])
+            for folder in copy["folders"]:
+                copy.setdefault("proxy", {})[folder] = curve_score(
+                    p2, work / folder, args.n, "ddim", args.proxy_steps, run["seed"], args)
+            if full:
+                copy["full"] = curve_score(p2, work / copy["folders"][0], args.full_n,
+                                           p2.SAMPLER, p2.SAMPLING_STEPS[p2.SAMPLER],
+                                           run["seed"], args)
+            print(json.dumps(copy), flush=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
+    curve_report(results)
+
+
+def curve_training(p2, work, seed, args, flags, emas):
+    """One seed's default command; the checkpoint is copied just after a save, about every --every
+    minutes of training, with the extra averages of the same step. Returns its steps, times and
+    the copies' folders."""
+    import copy as copying
+    import shutil
+    import time
+
+    import torch
+
+    every = 100  # steps between saves: a copy is at most this many steps late
+    run_dir, calls, extras, copies = work / f"seed{seed}", [], {}, []
+
+    def snapshot(step, minutes):
+        folders = [f"seed{seed}-step{step}"]
+        (work / folders[0]).mkdir()
+        shutil.copy(run_dir / "checkpoint.pt", work / folders[0] / "checkpoint.pt")
+        for (decay, gamma), ema in extras.items():
+            ckpt = torch.load(work / folders[0] / "checkpoint.pt", weights_only=True)
+            ckpt["ema"] = ema.state_dict()
+            folders.append(f"{folders[0]}-ema{decay:g}-{gamma:g}")
+            (work / folders[-1]).mkdir()
+            torch.save(ckpt, work / folders[-1] / "checkpoint.pt")
+        copies.append(dict(step=step, minutes=round(minutes, 2), folders=folders))
+
+    def loss_fn(model, sched, x0, y=None):
+        step = len(calls)  # steps done: `model` holds their weights, the run's EMA has them too
+        calls.append(time.time())
+        for (decay, gamma) in emas if step else []:  # as update_ema, with GAMMA for its 10
+            net = getattr(model, "module", model)
+            ema = extras.setdefault((decay, gamma), copying.deepcopy(net).eval())
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), net.parameters()):
+                    p_ema.lerp_(p, 1 - min(decay, (1 + step) / (gamma + step)))
+        if step % every == 0 and calls[-1] - calls[0] >= 60 * args.every * (len(copies) + 1):
+            snapshot(step, (calls[-1] - calls[0]) / 60)
+        return p2.training_loss(model, sched, x0, y)
+
+    summary = p2.run(settings(p2.get_args, data_dir=args.data_dir, runs=str(work),
+                              name=f"seed{seed}", minutes=args.minutes, seed=seed,
+                              ckpt_every=every, **flags), loss_fn)
+    snapshot(summary["steps"], summary["train_seconds"] / 60)  # the averages miss its last step
+    return dict(seed=seed, steps=summary["steps"], threads=torch.get_num_threads(), flags=flags,
+                train_minutes=round(summary["train_seconds"] / 60, 2), copies=copies,
+                sampling_seconds=summary.get("sampling_seconds"))
+
+
+def curve_score(p2, folder, n, sampler, steps, seed, args):
+    """Draw n images from the copy's EMA and score them (metrics.py): FID and the rest, and the
+    seconds the drawing took."""
+    import numpy as np
+
+    import metrics
+    drawn = settings(p2.get_args, data_dir=args.data_dir, sample_from=str(folder), n=n,
+                     seed=seed, sampler=sampler, sampling_steps=steps)
+    summary = p2.run(drawn)
+    samples = np.load(folder / "samples" / p2.sample_folder_name(drawn) / "samples.npy")
+    classifier = metrics.cached_classifier(args.data_dir)
+    sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
+    m = summary["metrics"]
+    return dict(fid=round(m["fid"], 2), precision=round(m["precision"], 3),
+                recall=round(m["recall"], 3), sure=round(float(sure), 3),
+                classes=m["classes_present"], kl=round(m["kl_uniform"], 4),
+                seconds=round(summary["sampling_seconds"], 1))
+
+
+def spearman(a, b):
+    """Spearman's rank correlation of two lists (no ties expected)."""
+    import numpy as np
+    ra, rb = (np.argsort(np.argsort(x)) for x in (a, b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def curve_report(results):
+    """The tables: each copy's scores; the proxy against the full score; mean and spread."""
+    import numpy as np
+    runs = results["runs"]
+    print(f"\n{'seed':>4} {'step':>6} {'min':>5}  proxy FID (N = {results['args']['n']}, "
+          f"DDIM-{results['args']['proxy_steps']}) by average   full FID")
+    for run in runs:
+        for c in run["copies"]:
+            proxies = "  ".join(f"{k.split('-', 2)[-1] if '-ema' in k else 'default'} "
+                                f"{v['fid']:.2f}" for k, v in c["proxy"].items())
+            full = f"{c['full']['fid']:.2f}" if "full" in c else ""
+            print(f"{run['seed']:>4} {c['step']:>6} {c['minutes']:>5.1f}  {proxies}   {full}")
+    pairs = [(c["proxy"][c["folders"][0]]["fid"], c["full"]["fid"])
+             for run in runs for c in run["copies"] if "full" in c]
+    if len(pairs) >= 3:
+        print(f"\nproxy against full score on {len(pairs)} copies: Spearman "
+              f"{spearman(*zip(*pairs)):.3f}")
+    for i in range(min(len(r["copies"]) for r in runs)):
+        for k in range(len(runs[0]["copies"][i]["folders"])):
+            fids = [list(r["copies"][i]["proxy"].values())[k]["fid"] for r in runs]
+            name = runs[0]["copies"][i]["folders"][k].split("-", 2)[-1]
+            print(f"copy {i + 1} ({np.mean([r['copies'][i]['minutes'] for r in runs]):.1f} min), "
+                  f"{name if '-ema' in runs[0]['copies'][i]['folders'][k] else 'default'}: "
+                  f"proxy FID mean {np.mean(fids):.2f}, range {min(fids):.2f}-{max(fids):.2f}")
+    finals = [r["copies"][-1]["full"] for r in runs]
+    print(f"\nfull score at the end, mean over {len(runs)} seeds: FID "
+          f"{np.mean([f['fid'] for f in finals]):.2f} (each: "
+          f"{', '.join(str(f['fid']) for f in finals)}); confidence > 0.9: "
+          f"{', '.join(str(f['sure']) for f in finals)}; KL(U): "
+          f"{', '.join(str(f['kl']) for f in finals)}; steps "
+          f"{', '.join(str(r['steps']) for r in runs)}")
+
+
 BENCHES = {"part1": bench_part1, "unet": bench_unet, "train": bench_train, "reference": bench_reference,
            "samplers": bench_samplers, "targets": bench_targets, "throughput": bench_throughput,
-           "autoencoder": bench_autoencoder, "threads": bench_threads}
+           "autoencoder": bench_autoencoder, "threads": bench_threads,
+           "curve": bench_curve}
 
 
 def main():
