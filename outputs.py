@@ -333,10 +333,15 @@ def pick_threads():
     if "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1:
         return torch.get_num_threads()  # nothing to decide
     _ceiling = torch.get_num_threads()
-    idle = idle_cores()
-    if idle is not None:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), math.floor(idle + 0.5))))
+    torch.set_num_threads(threads_for_idle_cores(_ceiling, _ceiling))
     return torch.get_num_threads()
+
+
+def threads_for_idle_cores(ceiling, otherwise):
+    """One thread per idle core, at least one, at most `ceiling`; `otherwise` where the idle cores
+    cannot be read."""
+    idle = idle_cores()
+    return otherwise if idle is None else max(1, min(ceiling, math.floor(idle + 0.5)))
 
 
 class ThreadTuner:
@@ -345,14 +350,18 @@ class ThreadTuner:
     ran 3 to 26 times slower than one (measured on a 2-core laptop). Every WINDOW seconds the tuner
     measures the rate at the count in use; when it falls by a third, or when the other count (1, or
     torch's default) was last tried EXPLORE seconds ago, it tries that one for a window; otherwise
-    it keeps the faster. It works only where pick_threads chose the count: not where
-    OMP_NUM_THREADS is set, or torch was given a single thread."""
+    it keeps the faster. A new loop (sampling after training) starts, as pick_threads does, at one
+    thread per idle core: the load the last loop moved away from may have ended. It works only
+    where pick_threads chose the count: not where OMP_NUM_THREADS is set, or torch was given a
+    single thread."""
     WINDOW, EXPLORE = 2.0, 90.0
 
     def __init__(self):
         import torch
         self.torch, self.counts = torch, (1, _ceiling or 1)
         self.on = self.counts[1] > 1  # only where pick_threads decided the count
+        if self.on:
+            torch.set_num_threads(threads_for_idle_cores(self.counts[1], torch.get_num_threads()))
         self.rates, self.ticks, self.since = {}, 0, time.time()
         self.start = self.since
 

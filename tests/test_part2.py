@@ -195,6 +195,22 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_end_of_the_budget(mon
     assert lr(W, 2.0, 1.5) == rates[-1]  # a budget overrun keeps it at 0
 
 
+def test_a_new_loop_starts_at_one_thread_per_idle_core(monkeypatch):
+    """The load that moved a training to one thread may have ended when its sampling starts: each
+    loop's ThreadTuner begins as pick_threads does, one thread per idle core, at most torch's own
+    count (here 2)."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(outputs, "_ceiling", 2)
+    try:
+        for idle, expected in [(0.1, 1), (1.8, 2), (7.0, 2)]:
+            monkeypatch.setattr(outputs, "idle_cores", lambda: idle)
+            torch.set_num_threads(3 - expected)
+            outputs.ThreadTuner()
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_thread_count_follows_the_load_while_a_loop_runs(monkeypatch):
     """outputs.ThreadTuner, on a simulated 2-core machine: quiet, two threads run 5.8 steps/s and
     one 3.1; from t = 60 s a busy core makes two threads crawl at 0.6 (the collapse measured on a
@@ -203,6 +219,7 @@ def test_the_thread_count_follows_the_load_while_a_loop_runs(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(outputs.time, "time", lambda: clock[0])
     monkeypatch.setattr(outputs, "_ceiling", 2)
+    monkeypatch.setattr(outputs, "idle_cores", lambda: None)  # the loop starts where it is
 
     class Torch:  # the two calls the tuner makes
         n = 2
