@@ -898,7 +898,9 @@ def curve_training(p2, work, seed, args, flags, emas):
         calls.append(time.time())
         for (decay, gamma) in emas if step else []:  # as update_ema, with GAMMA for its 10
             net = getattr(model, "module", model)
-            ema = extras.setdefault((decay, gamma), copying.deepcopy(net).eval())
+            if (decay, gamma) not in extras:  # not setdefault: that would copy at every step
+                extras[decay, gamma] = copying.deepcopy(net).eval()
+            ema = extras[decay, gamma]
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), net.parameters()):
                     p_ema.lerp_(p, 1 - min(decay, (1 + step) / (gamma + step)))
