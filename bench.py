@@ -560,7 +560,7 @@ def bench_targets(argv):
                    help="also keep EMAs of these decays in the same run, and score each")
     args = p.parse_args(argv)
     loss_fn, make_eps_theta = loss_variant(part2_diffusion, args.loss)
-    classifier, _ = metrics.load_or_train_classifier(args.data_dir)
+    metrics.load_or_train_classifier(args.data_dir)  # cached: every draw is scored
     loss_fn, extra = track_extra_emas(loss_fn, args.extra_ema)
     first, whole = None, None
     if args.score_only:  # a run trained before (its 64-image draw failed, say): score it only
@@ -578,14 +578,14 @@ def bench_targets(argv):
         print(f"  {'whole run (training, 64 images, figures)':42s} {whole / 60:.1f} min")
         what = f"64 images, {first['sampler']}-{first['sampling_steps']}"
         print(f"  {what:42s} {first['sampling_seconds']:.1f} s")
-    score_run(part2_diffusion, run, args, classifier, "", make_eps_theta)
+    score_run(part2_diffusion, run, args, "", make_eps_theta)
     for decay, ema in extra.items():  # the same run, sampled from an EMA of another decay
         ckpt = load_safely(run / "checkpoint.pt")
         ckpt["ema"] = ema.state_dict()
         ckpt["meta"] = dict(ckpt["meta"], ema_decay=decay)
         (run.parent / f"ema{decay}").mkdir()
         torch.save(ckpt, run.parent / f"ema{decay}" / "checkpoint.pt")
-        score_run(part2_diffusion, run.parent / f"ema{decay}", args, classifier, f"EMA {decay}: ",
+        score_run(part2_diffusion, run.parent / f"ema{decay}", args, f"EMA {decay}: ",
                   make_eps_theta)
 
 
@@ -609,23 +609,16 @@ def track_extra_emas(loss_fn, decays):
     return (loss_and_averages if decays else loss_fn), extra
 
 
-def score_run(p2, run, args, classifier, label, make_eps_theta):
+def score_run(p2, run, args, label, make_eps_theta):
     """Draw --n images from the run's EMA with the default sampler and print their scores."""
-    import numpy as np
-
-    import metrics
-    drawn = settings(p2.get_args, data_dir=args.data_dir, sample_from=str(run), n=args.n,
-                     seed=args.seed)
-    big = p2.run(drawn, make_eps_theta=make_eps_theta)
-    samples = np.load(run / "samples" / p2.sample_folder_name(drawn) / "samples.npy")
-    sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
-    m = big["metrics"]
-    for what, value in [("training steps", big["steps"]),
-                        (f"FID (N = {args.n})", f"{m['fid']:.2f}"),
-                        ("precision, recall", f"{m['precision']:.3f}, {m['recall']:.3f}"),
-                        ("share with confidence > 0.9", f"{sure:.3f}"),
+    scores = curve_score(p2, run, args.n, p2.SAMPLER, p2.SAMPLING_STEPS[p2.SAMPLER], args.seed,
+                         args, make_eps_theta)
+    for what, value in [("training steps", scores["steps"]),
+                        (f"FID (N = {args.n})", f"{scores['fid']:.2f}"),
+                        ("precision, recall", f"{scores['precision']:.3f}, {scores['recall']:.3f}"),
+                        ("share with confidence > 0.9", f"{scores['sure']:.3f}"),
                         ("classes present, KL from uniform",
-                         f"{m['classes_present']}/10, {m['kl_uniform']:.3f}")]:
+                         f"{scores['classes']}/10, {scores['kl']:.3f}")]:
         print(f"  {label + what:42s} {value}")
 
 
@@ -917,15 +910,15 @@ def curve_training(p2, work, seed, args, flags, emas):
                 sampling_seconds=summary.get("sampling_seconds"))
 
 
-def curve_score(p2, folder, n, sampler, steps, seed, args):
-    """Draw n images from the copy's EMA and score them (metrics.py): FID and the rest, and the
-    seconds the drawing took."""
+def curve_score(p2, folder, n, sampler, steps, seed, args, make_eps_theta=None):
+    """Draw n images from the run's EMA and score them (metrics.py): FID and the rest, the
+    seconds the drawing took, the run's training steps."""
     import numpy as np
 
     import metrics
     drawn = settings(p2.get_args, data_dir=args.data_dir, sample_from=str(folder), n=n,
                      seed=seed, sampler=sampler, sampling_steps=steps)
-    summary = p2.run(drawn)
+    summary = p2.run(drawn, make_eps_theta=make_eps_theta or p2.eps_theta)
     samples = np.load(folder / "samples" / p2.sample_folder_name(drawn) / "samples.npy")
     classifier = metrics.cached_classifier(args.data_dir)
     sure = (metrics.predict(classifier, metrics.as_images(samples)).max(axis=1) > 0.9).mean()
@@ -933,7 +926,7 @@ def curve_score(p2, folder, n, sampler, steps, seed, args):
     return dict(fid=round(m["fid"], 2), precision=round(m["precision"], 3),
                 recall=round(m["recall"], 3), sure=round(float(sure), 3),
                 classes=m["classes_present"], kl=round(m["kl_uniform"], 4),
-                seconds=round(summary["sampling_seconds"], 1))
+                seconds=round(summary["sampling_seconds"], 1), steps=summary["steps"])
 
 
 def spearman(a, b):
