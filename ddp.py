@@ -49,9 +49,15 @@ def start(device):
     return device
 
 
-def end():
-    """Leave the process group (torchrun warns about a process that exits without doing so)."""
+def end(together=False):
+    """Leave the process group (torchrun warns about a process that exits without doing so).
+    together: when training has ended in every process, wait until all are here, then all leave
+    at once. A process that left while another was still at work (rank 0 saving its last
+    checkpoint) aborted now and then in gloo, and torchrun then killed rank 0 mid-work. After an
+    error, leave at once: the others may never arrive."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -228,6 +228,7 @@ def fit(args, out, device, ckpt, overwrite, loss_fn):
     nets = dict(model=model, ema=ema, optimizer=opt)
     with runs.Run(out if ddp.is_main() else None, args, meta, nets, ckpt, works) as run:
         train(ddp.wrap(model), sched, draw, run, loss_fn)
+    ddp.end(together=True)  # torchrun: the processes trained together; rank 0 samples alone
     return run, sched
 
 
