@@ -823,7 +823,8 @@ def bench_curve(argv):
     p.add_argument("--every", type=float, default=2.0, help="minutes of training between copies")
     p.add_argument("--n", type=int, default=500, help="images the proxy scores")
     p.add_argument("--proxy-steps", type=int, default=20, help="DDIM steps of the proxy")
-    p.add_argument("--full-n", type=int, default=1000, help="images the full score draws")
+    p.add_argument("--full-n", type=int, default=1000,
+                   help="images the full score draws (0: the proxy alone)")
     p.add_argument("--validate", action="store_true",
                    help="the full score on every copy of the first seed too")
     p.add_argument("--extra-ema", nargs="*", default=[], metavar="DECAY:GAMMA")
@@ -833,7 +834,7 @@ def bench_curve(argv):
     p.add_argument("--score-only", metavar="DIR", help="train nothing: score the copies in DIR")
     args = p.parse_args(argv)
     defaults = vars(p2.get_args([]))
-    flags = {k: v if defaults[k] is None else type(defaults[k])(v)
+    flags = {k: number(v) if defaults[k] is None else type(defaults[k])(v)  # None: settled later
              for k, v in (f.split("=", 1) for f in args.flag)}
     emas = [tuple(float(x) for x in e.split(":")) for e in args.extra_ema]
     metrics.load_or_train_classifier(args.data_dir)
@@ -848,7 +849,8 @@ def bench_curve(argv):
                    runs=json.loads((work / "runs.json").read_text()))
     for run in results["runs"]:
         for i, copy in enumerate(run["copies"]):
-            full = i == len(run["copies"]) - 1 or (args.validate and run is results["runs"][0])
+            full = args.full_n > 0 and (i == len(run["copies"]) - 1
+                                        or (args.validate and run is results["runs"][0]))
             for folder in copy["folders"]:
                 copy.setdefault("proxy", {})[folder] = curve_score(
                     p2, work / folder, args.n, "ddim", args.proxy_steps, run["seed"], args)
@@ -929,6 +931,16 @@ def curve_score(p2, folder, n, sampler, steps, seed, args, make_eps_theta=None):
                 seconds=round(summary["sampling_seconds"], 1), steps=summary["steps"])
 
 
+def number(text):
+    """A flag's value from the command line: an int, a float, or else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def spearman(a, b):
     """Spearman's rank correlation of two lists (no ties expected)."""
     import numpy as np
@@ -960,7 +972,9 @@ def curve_report(results):
             print(f"copy {i + 1} ({np.mean([r['copies'][i]['minutes'] for r in runs]):.1f} min), "
                   f"{name if '-ema' in runs[0]['copies'][i]['folders'][k] else 'default'}: "
                   f"proxy FID mean {np.mean(fids):.2f}, range {min(fids):.2f}-{max(fids):.2f}")
-    finals = [r["copies"][-1]["full"] for r in runs]
+    finals = [r["copies"][-1]["full"] for r in runs if "full" in r["copies"][-1]]
+    if not finals:
+        return
     print(f"\nfull score at the end, mean over {len(runs)} seeds: FID "
           f"{np.mean([f['fid'] for f in finals]):.2f} (each: "
           f"{', '.join(str(f['fid']) for f in finals)}); confidence > 0.9: "
