@@ -829,6 +829,10 @@ def bench_curve(argv):
                    help="the full score on every copy of the first seed too")
     p.add_argument("--extra-ema", nargs="*", default=[], metavar="DECAY:GAMMA")
     p.add_argument("--flag", nargs="*", default=[], metavar="NAME=VALUE")
+    p.add_argument("--loss", default="algorithm1", metavar="NAME",
+                   help="the training loss, a lever: algorithm1 (the default), logit-normal:M:S "
+                        "(t / T = sigmoid(z), z ~ N(M, S^2)), nearest-of:K (each image's eps is the "
+                        "nearest of K draws)")
     p.add_argument("--data-dir", default="data", help="MNIST and its classifier")
     p.add_argument("--out", default="curve.json", help="where the scores go (JSON)")
     p.add_argument("--score-only", metavar="DIR", help="train nothing: score the copies in DIR")
@@ -837,6 +841,7 @@ def bench_curve(argv):
     flags = {k: number(v) if defaults[k] is None else type(defaults[k])(v)  # None: settled later
              for k, v in (f.split("=", 1) for f in args.flag)}
     emas = [tuple(float(x) for x in e.split(":")) for e in args.extra_ema]
+    curve_loss(p2, args.loss)  # a wrong --loss stops here, before any training
     metrics.load_or_train_classifier(args.data_dir)
     work = Path(args.score_only or tempfile.mkdtemp(prefix="bench-curve-"))
     if not args.score_only:
@@ -901,15 +906,49 @@ def curve_training(p2, work, seed, args, flags, emas):
                     p_ema.lerp_(p, 1 - min(decay, (1 + step) / (gamma + step)))
         if step % every == 0 and calls[-1] - calls[0] >= 60 * args.every * (len(copies) + 1):
             snapshot(step, (calls[-1] - calls[0]) / 60)
-        return p2.training_loss(model, sched, x0, y)
+        return base_loss(model, sched, x0, y)
 
+    base_loss = curve_loss(p2, args.loss)
     summary = p2.run(settings(p2.get_args, data_dir=args.data_dir, runs=str(work),
                               name=f"seed{seed}", minutes=args.minutes, seed=seed,
                               ckpt_every=every, **flags), loss_fn)
     snapshot(summary["steps"], summary["train_seconds"] / 60)  # the averages miss its last step
     return dict(seed=seed, steps=summary["steps"], threads=torch.get_num_threads(), flags=flags,
-                train_minutes=round(summary["train_seconds"] / 60, 2), copies=copies,
+                loss=args.loss, train_minutes=round(summary["train_seconds"] / 60, 2), copies=copies,
                 sampling_seconds=summary.get("sampling_seconds"))
+
+
+def curve_loss(p2, name):
+    """The training loss of --loss: Algorithm 1's (part2_diffusion.training_loss), or one lever on
+    it, L_simple (Eq. 14) all the same. logit-normal:M:S draws t / T = sigmoid(z), z ~ N(M, S^2),
+    in place of t ~ Uniform (Esser et al. 2024's logit-normal; M < 0 skews it away from the large t
+    where x_t is nearly pure noise and the loss is flat early). nearest-of:K draws K eps for each
+    image and keeps the one nearest to it (Li et al. 2024's immiscible diffusion, the k-nearest
+    form): the noise each image is pushed to depends less on chance."""
+    import torch
+    import torch.nn.functional as F
+
+    kind, *params = name.split(":")
+    if name == "algorithm1":
+        return p2.training_loss
+    if (kind, len(params)) not in (("logit-normal", 2), ("nearest-of", 1)):
+        raise SystemExit(f"bench.py curve: --loss {name!r} is not algorithm1, logit-normal:M:S "
+                         "or nearest-of:K")
+    params = [float(v) for v in params]
+
+    def loss(model, sched, x0, y=None):
+        B = len(x0)
+        if kind == "logit-normal":
+            z = params[0] + params[1] * torch.randn(B, device=x0.device)
+            t = (torch.sigmoid(z) * sched.T).long().clamp(0, sched.T - 1)
+            eps = torch.randn_like(x0)
+        else:
+            t = torch.randint(0, sched.T, (B,), device=x0.device)
+            eps = torch.randn(int(params[0]), *x0.shape, device=x0.device)  # (K, B, C, H, W)
+            nearest = (eps - x0).flatten(2).square().sum(2).argmin(0)       # (B,)
+            eps = eps[nearest, torch.arange(B, device=x0.device)]
+        return F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), eps)   # Eq. 4, Eq. 14
+    return loss
 
 
 def curve_score(p2, folder, n, sampler, steps, seed, args, make_eps_theta=None):
