@@ -914,8 +914,8 @@ def curve_training(p2, work, seed, args, flags, emas):
                               ckpt_every=every, **flags), loss_fn)
     snapshot(summary["steps"], summary["train_seconds"] / 60)  # the averages miss its last step
     return dict(seed=seed, steps=summary["steps"], threads=torch.get_num_threads(), flags=flags,
-                loss=args.loss, train_minutes=round(summary["train_seconds"] / 60, 2), copies=copies,
-                sampling_seconds=summary.get("sampling_seconds"))
+                loss=args.loss, train_minutes=round(summary["train_seconds"] / 60, 2),
+                copies=copies, sampling_seconds=summary.get("sampling_seconds"))
 
 
 def curve_loss(p2, name):
@@ -928,12 +928,13 @@ def curve_loss(p2, name):
     import torch
     import torch.nn.functional as F
 
-    kind, *params = name.split(":")
     if name == "algorithm1":
         return p2.training_loss
-    if (kind, len(params)) not in (("logit-normal", 2), ("nearest-of", 1)):
+    kind, *params = name.split(":")
+    if (kind, len(params)) not in (("logit-normal", 2), ("nearest-of", 1)) or not all(
+            v.lstrip("-").replace(".", "", 1).isdigit() for v in params):
         raise SystemExit(f"bench.py curve: --loss {name!r} is not algorithm1, logit-normal:M:S "
-                         "or nearest-of:K")
+                         "or nearest-of:K (M, S, K numbers)")
     params = [float(v) for v in params]
 
     def loss(model, sched, x0, y=None):
