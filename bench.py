@@ -806,8 +806,9 @@ def bench_curve(argv):
     ranks checkpoints as the full score does. --extra-ema DECAY:GAMMA keeps more averages in the
     same runs, decay min(DECAY, (1 + step) / (GAMMA + step)) (the default is 0.999:10), each scored
     by the proxy: a paired comparison of EMA warm-ups. --flag NAME=VALUE sets a flag of
-    part2_diffusion.py (a lever: --flag batch_size=32). Prints every score as it comes, then the
-    mean and spread over seeds; writes them all to --out."""
+    part2_diffusion.py (a lever: --flag batch_size=32); --unet NAME=VALUE changes the U-Net
+    (--unet base_channels=12 channel_mults=1,2,2). Prints every score as it comes, then the mean
+    and spread over seeds; writes them all to --out."""
     import json
     import tempfile
     from pathlib import Path
@@ -833,6 +834,9 @@ def bench_curve(argv):
                    help="the training loss, a lever: algorithm1 (the default), logit-normal:M:S "
                         "(t / T = sigmoid(z), z ~ N(M, S^2)), nearest-of:K (each image's eps is the "
                         "nearest of K draws)")
+    p.add_argument("--unet", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="a U-Net that is no preset: the cpu preset with these arguments of UNet "
+                        "changed (a list as 1,2,4; an empty list as attention=)")
     p.add_argument("--data-dir", default="data", help="MNIST and its classifier")
     p.add_argument("--out", default="curve.json", help="where the scores go (JSON)")
     p.add_argument("--score-only", metavar="DIR", help="train nothing: score the copies in DIR")
@@ -842,12 +846,13 @@ def bench_curve(argv):
              for k, v in (f.split("=", 1) for f in args.flag)}
     emas = [tuple(float(x) for x in e.split(":")) for e in args.extra_ema]
     curve_loss(p2, args.loss)  # a wrong --loss stops here, before any training
+    unet = curve_unet(args.unet)  # and a wrong --unet
     metrics.load_or_train_classifier(args.data_dir)
     work = Path(args.score_only or tempfile.mkdtemp(prefix="bench-curve-"))
     if not args.score_only:
         runs = []
         for seed in args.seeds:
-            runs.append(curve_training(p2, work, seed, args, flags, emas))
+            runs.append(curve_training(p2, work, seed, args, flags, emas, unet))
             print(json.dumps(runs[-1]), flush=True)
             (work / "runs.json").write_text(json.dumps(runs))
     results = dict(args=vars(args), threads=torch.get_num_threads(),
@@ -868,10 +873,11 @@ def bench_curve(argv):
     curve_report(results)
 
 
-def curve_training(p2, work, seed, args, flags, emas):
+def curve_training(p2, work, seed, args, flags, emas, unet):
     """One seed's default command; the checkpoint is copied just after a save, about every --every
     minutes of training, with the extra averages of the same step. Returns its steps, times and
-    the copies' folders."""
+    the copies' folders. With --unet (`unet`: UNet's arguments), the run is a --resume of a
+    checkpoint at step 0 that holds that U-Net (see curve_start)."""
     import copy as copying
     import shutil
     import time
@@ -909,12 +915,15 @@ def curve_training(p2, work, seed, args, flags, emas):
         return base_loss(model, sched, x0, y)
 
     base_loss = curve_loss(p2, args.loss)
-    summary = p2.run(settings(p2.get_args, data_dir=args.data_dir, runs=str(work),
-                              name=f"seed{seed}", minutes=args.minutes, seed=seed,
-                              ckpt_every=every, **flags), loss_fn)
+    where = dict(name=f"seed{seed}") if not unet else \
+        dict(resume=curve_start(p2, run_dir, seed, args, flags, unet))
+    summary = p2.run(settings(p2.get_args, data_dir=args.data_dir, runs=str(work), seed=seed,
+                              minutes=args.minutes, ckpt_every=every, **where,
+                              **{k: v for k, v in flags.items() if not unet or k != "preset"}),
+                     loss_fn)
     snapshot(summary["steps"], summary["train_seconds"] / 60)  # the averages miss its last step
     return dict(seed=seed, steps=summary["steps"], threads=torch.get_num_threads(), flags=flags,
-                loss=args.loss, train_minutes=round(summary["train_seconds"] / 60, 2),
+                loss=args.loss, unet=unet, train_minutes=round(summary["train_seconds"] / 60, 2),
                 copies=copies, sampling_seconds=summary.get("sampling_seconds"))
 
 
@@ -950,6 +959,46 @@ def curve_loss(p2, name):
             eps = eps[nearest, torch.arange(B, device=x0.device)]
         return F.mse_loss(model(sched.q_sample(x0, t, eps), t, y), eps)   # Eq. 4, Eq. 14
     return loss
+
+
+def curve_unet(pairs):
+    """--unet's NAME=VALUE pairs as UNet's keyword arguments ({}: the preset itself), checked by
+    building the U-Net; a wrong pair stops with one line, before any training."""
+    from unet import PRESETS, UNet
+
+    unet = {}
+    try:
+        for pair in pairs:
+            name, _, value = pair.partition("=")
+            unet[name] = [int(v) for v in value.split(",") if v] if name in (
+                "channel_mults", "attention") else number(value)
+        UNet(**dict(PRESETS["cpu"], **unet))
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"bench.py curve: --unet {' '.join(pairs)} builds no U-Net: {e}")
+    return unet
+
+
+def curve_start(p2, run_dir, seed, args, flags, unet):
+    """A run folder whose checkpoint holds a new U-Net (the cpu preset changed by `unet`) at step 0,
+    for --resume: part2_diffusion.py has a flag for the presets only, and --resume takes any
+    U-Net. One step of the default command writes the folder; its network, average, optimiser,
+    step and history are then replaced by a fresh start of the other U-Net (same seed)."""
+    import torch
+
+    from unet import UNet
+
+    p2.run(settings(p2.get_args, data_dir=args.data_dir, runs=str(run_dir.parent),
+                    name=run_dir.name, seed=seed, steps=1, sampler="ddim", sampling_steps=1, n=1,
+                    **flags))
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    config = ckpt["meta"]["model_config"] = dict(ckpt["meta"]["model_config"], **unet)
+    torch.manual_seed(seed)
+    model = UNet(**config)
+    opt = torch.optim.AdamW(model.parameters(), lr=ckpt["meta"]["lr"], weight_decay=0.0)
+    ckpt.update(model=model.state_dict(), ema=model.state_dict(), optimizer=opt.state_dict(),
+                step=0, history=[])
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    return str(run_dir)
 
 
 def curve_score(p2, folder, n, sampler, steps, seed, args, make_eps_theta=None):
