@@ -985,19 +985,20 @@ def curve_start(p2, run_dir, seed, args, flags, unet):
     step and history are then replaced by a fresh start of the other U-Net (same seed)."""
     import torch
 
+    from runs import load_safely, save_checkpoint
     from unet import UNet
 
     p2.run(settings(p2.get_args, data_dir=args.data_dir, runs=str(run_dir.parent),
                     name=run_dir.name, seed=seed, steps=1, sampler="ddim", sampling_steps=1, n=1,
                     **flags))
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt = load_safely(run_dir / "checkpoint.pt")
     config = ckpt["meta"]["model_config"] = dict(ckpt["meta"]["model_config"], **unet)
     torch.manual_seed(seed)
     model = UNet(**config)
     opt = torch.optim.AdamW(model.parameters(), lr=ckpt["meta"]["lr"], weight_decay=0.0)
     ckpt.update(model=model.state_dict(), ema=model.state_dict(), optimizer=opt.state_dict(),
                 step=0, history=[])
-    torch.save(ckpt, run_dir / "checkpoint.pt")
+    save_checkpoint(run_dir / "checkpoint.pt", ckpt)
     return str(run_dir)
 
 
