@@ -23,10 +23,10 @@ the modules, tests/ (with the grading plugin, tests/conftest.py, and the stored 
 tests compare with, tests/reference_values.json), pytest.ini, requirements.txt, .gitignore, the
 reference checkpoint, and README.md and HANDOUT.md without their instructors' blocks (the lines from
 `<!-- BEGIN INSTRUCTORS -->` to `<!-- END INSTRUCTORS -->`). Left behind: this script and its test,
-tests/test_assignment.py, bench.py, tests/test_reference_values.py (it writes the exercises'
-formulas out), and the documents with answers or measured results (LAB.md, INSTRUCTORS.md,
-BENCHMARKS.md, figures/). Tests say which exercise they grade with @pytest.mark.exN (see
-tests/conftest.py); students run `python -m pytest --grade`.
+tests/test_assignment.py, bench.py and tests/test_bench.py, tests/test_reference_values.py
+(it writes the exercises' formulas out), and the documents with answers or measured results
+(LAB.md, INSTRUCTORS.md, BENCHMARKS.md, figures/). Tests say which exercise they grade with
+@pytest.mark.exN (see tests/conftest.py); students run `python -m pytest --grade`.
 
 The exercise numbers are fixed, so that adding an exercise never renumbers another:
      1  Part 1: the 1-3-3-1 MLP                           part1_inversion.py   make_mlp
@@ -61,7 +61,8 @@ TOP_FILES = ("README.md", "HANDOUT.md", "requirements.txt", "pytest.ini", ".giti
 # tools, and the tests that spell the exercises' formulas out (tests/test_reference_values.py, which
 # makes the stored numbers the graded tests compare with).
 INSTRUCTORS_ONLY = ("make_assignment.py", "bench.py", "tests/test_assignment.py",
-                    "tests/test_reference_values.py", "grade_class.py", "tests/test_grade_class.py")
+                    "tests/test_reference_values.py", "grade_class.py", "tests/test_grade_class.py",
+                    "tests/test_bench.py")
 # Lines of a markdown file from BEGIN to END (both included) are for instructors: the edition drops
 # them.
 INSTRUCTORS_BLOCK = re.compile(r"^<!-- BEGIN INSTRUCTORS -->\n.*?^<!-- END INSTRUCTORS -->\n",
